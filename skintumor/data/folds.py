@@ -1,0 +1,121 @@
+"""Patient-grouped, stratified folds: the only place that decides which image goes where.
+
+Outer folds come from scikit-learn's StratifiedGroupKFold over *groups* (patients, merged with
+near-duplicate images), so no patient or duplicate ever sits on both sides of a split. Inside each
+outer training part an inner grouped split gives the validation set that picks the checkpoint, and
+:meth:`PatientGroupedFolds.inner_folds` gives the K inner folds of the augmentation search.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from skintumor.data.manifest import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices of one outer fold: ``train`` fits, ``val`` selects the checkpoint, ``test`` is read once."""
+
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def as_dict(self) -> dict:
+        return {"fold": self.fold, "train": self.train.tolist(), "val": self.val.tolist(),
+                "test": self.test.tolist()}
+
+
+class PatientGroupedFolds:
+    """Stratified group k-fold with an inner validation split, deterministic by seed.
+
+    Args:
+        labels: class index per row.
+        groups: group id per row (patient or duplicate group).
+        n_splits: number of outer folds (the study: 5).
+        val_fraction: share of the outer training part's groups held out for validation;
+            realised as one fold of a ``round(1 / val_fraction)``-fold inner StratifiedGroupKFold.
+        seed: shuffling seed; the same seed always gives the same folds.
+    """
+
+    def __init__(self, labels, groups, n_splits: int = 5, val_fraction: float = 0.2, seed: int = 42):
+        self.labels = np.asarray(labels)
+        self.groups = np.asarray(groups)
+        self.n_splits = int(n_splits)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        if len(self.labels) != len(self.groups):
+            raise ValueError("labels and groups differ in length")
+        if self.n_splits < 2:
+            raise DataError(f"n_folds must be at least 2, got {self.n_splits}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise DataError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        self._check_enough_groups(self.labels, self.groups, self.n_splits, "outer folds")
+        splitter = StratifiedGroupKFold(n_splits=self.n_splits, shuffle=True, random_state=self.seed)
+        self._outer = [test for _, test in splitter.split(np.zeros(len(self.labels)), self.labels, self.groups)]
+
+    @staticmethod
+    def _check_enough_groups(labels, groups, k: int, what: str) -> None:
+        """Each class needs at least k groups, or some fold would have none of it."""
+        for cls in np.unique(labels):
+            n = len(np.unique(groups[labels == cls]))
+            if n < k:
+                raise DataError(f"class {cls} has only {n} patient group(s), fewer than the {k} {what}; "
+                                "lower the number of folds or add patients")
+
+    def __len__(self) -> int:
+        return self.n_splits
+
+    def test_indices(self, fold: int) -> np.ndarray:
+        self._check_fold(fold)
+        return np.sort(self._outer[fold])
+
+    def train_part(self, fold: int) -> np.ndarray:
+        """Everything outside outer fold ``fold``: what training, validation and search may see."""
+        test = set(self.test_indices(fold).tolist())
+        return np.array([i for i in range(len(self.labels)) if i not in test], dtype=int)
+
+    def split(self, fold: int) -> Split:
+        """Outer fold ``fold`` as train / val / test row indices; checked for leaks before returning."""
+        part = self.train_part(fold)
+        n_inner = max(2, round(1.0 / self.val_fraction))
+        train, val = next(self._inner_splits(part, n_inner, seed_offset=fold))
+        result = Split(fold, np.sort(train), np.sort(val), self.test_indices(fold))
+        assert_disjoint_groups(result, self.groups)
+        return result
+
+    def inner_folds(self, fold: int, n_inner: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+        """K grouped, stratified (train, val) splits of outer fold ``fold``'s training part.
+
+        Used by the augmentation search; the outer test fold never appears in them.
+        """
+        part = self.train_part(fold)
+        return [(np.sort(tr), np.sort(va)) for tr, va in self._inner_splits(part, n_inner, seed_offset=1000 + fold)]
+
+    def _inner_splits(self, part: np.ndarray, k: int, seed_offset: int):
+        self._check_enough_groups(self.labels[part], self.groups[part], k, "inner folds")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=self.seed + seed_offset)
+        for tr, va in splitter.split(np.zeros(len(part)), self.labels[part], self.groups[part]):
+            yield part[tr], part[va]
+
+    def _check_fold(self, fold: int) -> None:
+        if not 0 <= fold < self.n_splits:
+            raise DataError(f"fold {fold} does not exist (folds are 0..{self.n_splits - 1})")
+
+
+def assert_disjoint_groups(split: Split, groups) -> None:
+    """Raise if any group (patient) has rows in two of train / val / test, or a row is used twice."""
+    groups = np.asarray(groups)
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    seen: dict[str, str] = {}
+    for name, idx in parts.items():
+        for g in np.unique(groups[idx]):
+            if g in seen and seen[g] != name:
+                raise DataError(f"leak: patient group {g!r} is in both {seen[g]} and {name} of fold {split.fold}")
+            seen[g] = name
+    all_idx = np.concatenate(list(parts.values()))
+    if len(np.unique(all_idx)) != len(all_idx):
+        raise DataError(f"leak: a row appears in two parts of fold {split.fold}")

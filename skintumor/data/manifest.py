@@ -1,0 +1,147 @@
+"""The manifest: one row per image, the contract every data source produces.
+
+Columns (in this order, then any source-specific extras such as phantom findings):
+
+    path        image path relative to ``root`` (absolute paths are refused when written)
+    label       class name
+    patient_id  patient identifier; images without one get a unique id of their own
+    group_id    patient merged with near-duplicate groups; folds never split a group
+    mask_path   lesion mask relative to ``root``, or empty
+
+The manifest is plain pandas + pathlib so it can be used from a notebook.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED_COLUMNS = ("path", "label", "patient_id")
+CORE_COLUMNS = ("path", "label", "patient_id", "group_id", "mask_path")
+
+
+class DataError(ValueError):
+    """Bad user data. The message names the file and the problem, in one line."""
+
+
+@dataclass
+class Manifest:
+    """A validated table of images plus the folder its relative paths start from.
+
+    Attributes:
+        table: DataFrame with :data:`CORE_COLUMNS` first, then extra columns.
+        root: folder the ``path`` and ``mask_path`` columns are relative to.
+        classes: class names in label-index order (index ``i`` is logit ``i``).
+    """
+
+    table: pd.DataFrame
+    root: Path
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.table = _normalise(self.table, self.root, what=str(self.root))
+        found = sorted(self.table["label"].unique())
+        if not self.classes:
+            self.classes = found
+        unknown = sorted(set(found) - set(self.classes))
+        if unknown:
+            row = self.table[self.table["label"].isin(unknown)].iloc[0]
+            raise DataError(f"{row['path']}: unknown class {row['label']!r} (known: {', '.join(self.classes)})")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def labels(self) -> list[int]:
+        """Class index of every row."""
+        index = {name: i for i, name in enumerate(self.classes)}
+        return [index[x] for x in self.table["label"]]
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.table["group_id"])
+
+    def image_path(self, i: int) -> Path:
+        return self.root / self.table["path"].iloc[i]
+
+    def mask_path(self, i: int) -> Path | None:
+        value = self.table["mask_path"].iloc[i]
+        return self.root / value if value else None
+
+    def subset(self, indices) -> Manifest:
+        return Manifest(self.table.iloc[list(indices)].reset_index(drop=True), self.root, list(self.classes))
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the table as CSV (paths stay relative to ``root``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.table.to_csv(path, index=False)
+        return path
+
+    @classmethod
+    def from_csv(cls, csv_path: str | Path, root: str | Path | None = None,
+                 classes: list[str] | None = None) -> Manifest:
+        """Read a manifest CSV; relative paths resolve against ``root`` (default: the CSV's folder)."""
+        csv_path = Path(csv_path)
+        if not csv_path.is_file():
+            raise DataError(f"{csv_path}: manifest CSV not found")
+        try:
+            table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise DataError(f"{csv_path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+        root = Path(root) if root is not None else csv_path.parent
+        table = _normalise(table, root, what=str(csv_path))
+        return cls(table, root, list(classes or []))
+
+
+def _normalise(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
+    """Check required columns, fill optional ones, put the core columns first."""
+    table = table.copy()
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if "patient_id" in missing:  # a manifest without patients: each image is its own patient
+        missing.remove("patient_id")
+        if "path" in table.columns:
+            warnings.warn(f"{what}: no patient_id column; every image is treated as its own patient", stacklevel=3)
+            table["patient_id"] = ["img:" + str(p) for p in table["path"]]
+    if missing:
+        raise DataError(f"{what}: manifest is missing column(s) {', '.join(missing)} "
+                        f"(has: {', '.join(map(str, table.columns))})")
+    if table.empty:
+        raise DataError(f"{what}: manifest has no rows")
+    for col in CORE_COLUMNS:
+        if col not in table.columns:
+            table[col] = ""
+        table[col] = table[col].fillna("").astype(str)
+    table.loc[table["group_id"] == "", "group_id"] = table["patient_id"]
+    blank = table[(table["path"] == "") | (table["label"] == "") | (table["patient_id"] == "")]
+    if len(blank):
+        raise DataError(f"{what}: row {blank.index[0] + 2} has an empty path, label or patient_id")
+    for col in ("path", "mask_path"):
+        table[col] = [_relative_inside(root, v, col, what) if v else v for v in table[col]]
+    extras = [c for c in table.columns if c not in CORE_COLUMNS]
+    return table[list(CORE_COLUMNS) + extras].reset_index(drop=True)
+
+
+def _relative_inside(root: Path, value: str, col: str, what: str) -> str:
+    """``value`` as a path relative to ``root``; refuses paths that leave the root (``../x``)."""
+    # normpath, not resolve(): symlinks inside the root may point anywhere and are fine
+    root_abs = os.path.abspath(root)
+    target = os.path.normpath(os.path.join(root_abs, value))  # an absolute value stays absolute
+    if os.path.commonpath([root_abs, target]) != root_abs or target == root_abs:
+        raise DataError(f"{what}: {col} {value!r} points outside the data root {root}")
+    return Path(os.path.relpath(target, root_abs)).as_posix()
+
+
+def warn_mixed_label_patients(manifest: Manifest) -> list[str]:
+    """Warn about patients whose images carry different labels; folds still keep them whole."""
+    counts = manifest.table.groupby("patient_id")["label"].nunique()
+    mixed = sorted(counts[counts > 1].index)
+    if mixed:
+        shown = ", ".join(mixed[:5]) + (" ..." if len(mixed) > 5 else "")
+        warnings.warn(f"{len(mixed)} patient(s) have images of more than one class ({shown}); "
+                      "each stays whole inside one fold", stacklevel=2)
+    return mixed
