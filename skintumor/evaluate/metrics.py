@@ -6,7 +6,7 @@ balanced accuracy (= macro sensitivity). During training they come from torchmet
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAUROC, MulticlassStatScores
 
 
@@ -46,4 +46,4 @@ def summarise(computed: dict[str, torch.Tensor], class_names: list[str]) -> dict
     return out
 
 
-__all__ = ["stage_metrics", "summarise", "Metric"]
+__all__ = ["stage_metrics", "summarise"]
