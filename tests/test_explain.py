@@ -1,0 +1,229 @@
+"""Explanations: CAMs find what a hand-made model uses, metrics and statistics give known answers, the CLI
+explains a tiny trained run (images with lesion masks and one finding column)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conftest import REPO
+from skintumor.explain import agreement as agr
+from skintumor.explain.__main__ import main as explain_main
+from skintumor.explain.cam import branch_cam, branch_contributions, explain_batch, gradient_cam, normalise
+from skintumor.explain.faithfulness import road_scores, tie_broken_ranks
+from skintumor.models.attention_resnet import AttentionGatedResNet18
+
+WINDOW = (slice(20, 30), slice(8, 18))  # rows, cols of the only region the window model looks at
+
+
+class WindowModel(nn.Module):
+    """Logit c = w_c x mean activation of ``layer4`` inside WINDOW: only that region matters."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer4 = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        with torch.no_grad():
+            self.layer4[0].weight.fill_(0.1)
+            self.layer4[0].bias.zero_()
+        self.register_buffer("w", torch.tensor([1.0, -1.0]))
+
+    def forward(self, x):
+        a = self.layer4(x)[:, :, WINDOW[0], WINDOW[1]].mean(dim=(1, 2, 3))
+        return a[:, None] * self.w[None]
+
+
+def _blob_images(decoy: bool) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 1, 40, 40), dtype=np.float32) * 0.2
+    x[:, :, 22:28, 10:16] += 2.0  # inside the window
+    if decoy:
+        x[:, :, 5:11, 28:34] += 2.0  # an identical blob the model never looks at
+    return torch.from_numpy(x)
+
+
+def _in_window(cam: np.ndarray) -> bool:
+    r, c = np.unravel_index(np.argmax(cam), cam.shape)
+    return WINDOW[0].start <= r < WINDOW[0].stop and WINDOW[1].start <= c < WINDOW[1].stop
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "gradcam++"])
+def test_cam_peaks_where_the_model_looks(method):
+    maps = gradient_cam(WindowModel(), _blob_images(decoy=False), [0, 0, 0], method)
+    assert maps.shape == (3, 40, 40) and maps.min() >= 0 and maps.max() == pytest.approx(1)
+    assert all(_in_window(m) for m in maps)
+
+
+def test_hirescam_ignores_a_decoy_gradcam_cannot():
+    """Grad-CAM averages gradients over space, so an identical blob outside the window lights up as
+    much; HiResCAM multiplies gradients and activations position by position and does not."""
+    x = _blob_images(decoy=True)
+    hires = gradient_cam(WindowModel(), x, [0, 0, 0], "hirescam")
+    grad = gradient_cam(WindowModel(), x, [0, 0, 0], "gradcam")
+    assert all(_in_window(m) for m in hires)
+    assert hires[:, 5:11, 28:34].max() < 1e-6
+    assert grad[:, 7:9, 30:32].min() > 0.9
+
+
+def test_branch_cam_decomposes_the_logit():
+    torch.manual_seed(0)
+    net = AttentionGatedResNet18(num_classes=3).eval()
+    x, targets = torch.randn(2, 1, 64, 64), [0, 2]
+    raw = branch_contributions(net, x, targets)
+    assert {k: tuple(v.shape) for k, v in raw.items()} == {"layer4": (2, 2, 2), "gate2": (2, 8, 8), "gate3": (2, 4, 4)}
+    C = 3
+    heads = [net.head2, net.head3, net.head4]
+    bias = torch.stack([net.fuse.bias[t] + sum(net.fuse.weight[t, k * C:(k + 1) * C] @ h.bias for k, h in enumerate(heads))
+                        for t in targets])
+    with torch.no_grad():
+        logits = net(x)[torch.arange(2), torch.tensor(targets)]
+        total = sum(r.sum(dim=(1, 2)) for r in raw.values()) + bias
+    torch.testing.assert_close(total, logits, rtol=1e-4, atol=1e-4)
+    for variant in (AttentionGatedResNet18(3, aggregation="concat"), AttentionGatedResNet18(3, attention=False)):
+        cam = branch_cam(variant.eval(), x, targets)
+        assert cam.shape == (2, 64, 64) and 0 <= cam.min() and cam.max() <= 1
+
+
+def test_every_map_at_input_resolution_in_unit_range():
+    net = AttentionGatedResNet18(num_classes=3).eval()
+    maps = explain_batch(net, torch.randn(2, 1, 64, 64), [1, 1], rng=np.random.default_rng(0))
+    assert set(maps) == {"gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "random"}
+    for m in maps.values():
+        assert m.shape == (2, 64, 64) and m.min() >= 0 and m.max() <= 1
+    plain = explain_batch(AttentionGatedResNet18(3, attention=False).eval(), torch.randn(1, 1, 64, 64), [0])
+    assert "gate2" not in plain and "gradcam" in plain
+
+
+# -- metrics on hand-made maps --------------------------------------------------------------------
+def test_energy_pointing_iou_known_answers():
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True  # 25 of 400 px
+    assert agr.energy_share(np.ones((20, 20)), mask) == pytest.approx(25 / 400)
+    assert agr.energy_share(mask.astype(float), mask) == pytest.approx(1.0)
+    half = np.zeros((20, 20))
+    half[5:10, 5:10], half[0:5, 15:20] = 1.0, 1.0
+    assert agr.energy_share(half, mask) == pytest.approx(0.5)
+    peak = np.zeros((20, 20))
+    peak[7, 7] = 1
+    assert agr.pointing_hit(peak, mask, tolerance=0) == 1.0
+    peak = np.zeros((20, 20))
+    peak[7, 12] = 1  # 3 px right of the lesion
+    assert agr.pointing_hit(peak, mask, tolerance=2) == 0.0
+    assert agr.pointing_hit(peak, mask, tolerance=3) == 1.0
+    assert agr.thresholded_iou(mask.astype(float), mask) == pytest.approx(1.0)
+    wide = np.zeros((20, 20))
+    wide[5:10, 5:15] = 1.0  # 50 px hot, 25 of them on the lesion
+    assert agr.thresholded_iou(wide, mask) == pytest.approx(0.5)
+    assert np.isnan(agr.energy_share(peak, np.zeros((20, 20), bool)))
+    centre = agr.centre_map((21, 21))
+    assert np.unravel_index(np.argmax(centre), centre.shape) == (10, 10)
+
+
+def test_finding_regions_of_a_rectangle():
+    mask = np.zeros((40, 40), bool)
+    mask[10:16, 12:24] = True  # 6 px tall
+    regions = agr.finding_regions(mask)
+    below = np.zeros_like(mask)
+    below[16:22, 12:24] = True
+    np.testing.assert_array_equal(regions["below"], below)
+    assert regions["above"][:10, 12:24].all() and regions["above"].sum() == 10 * 12
+    assert regions["rim"][10, 15] and not regions["rim"][13, 18] and not regions["rim"][30, 30]
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def test_paired_tests_reject_a_clear_effect_not_noise():
+    rng = np.random.default_rng(1)
+    base = rng.random(40)
+    clear = agr.paired_test(base + 0.2 + rng.normal(0, 0.05, 40), base)
+    assert clear["p"] < 1e-6 and clear["r"] > 0.9
+    noise = agr.paired_test(rng.random(40), rng.random(40))
+    assert noise["p"] > 0.05 and abs(noise["r"]) < 0.4
+    hits = agr.paired_test(np.r_[np.ones(30), np.zeros(10)], np.r_[np.zeros(30), np.zeros(10)], binary=True)
+    assert hits["test"] == "mcnemar_exact" and hits["r"] == 1.0 and hits["p"] < 1e-6
+    assert agr.rank_biserial_paired(np.array([1.0, 2.0, -3.0])) == pytest.approx((1 + 2 - 3) / 6)
+
+
+def test_unpaired_test_and_findings_table():
+    rng = np.random.default_rng(2)
+    shifted = agr.unpaired_test(rng.normal(1.5, 1, 30), rng.normal(0, 1, 30))
+    assert shifted["p"] < 1e-4 and shifted["r"] > 0.6
+    same = agr.unpaired_test(rng.normal(0, 1, 30), rng.normal(0, 1, 30))
+    assert same["p"] > 0.05
+    n = 40
+    finding = np.r_[np.ones(n // 2), np.zeros(n // 2)].astype(int)
+    per_image = pd.DataFrame({"image": range(n), "method": "gradcam", "label": "cyst", "posterior_enhancement": finding,
+                              "energy_below": np.where(finding == 1, 0.4, 0.1) + rng.normal(0, 0.05, n)})
+    table = agr.findings_tests(per_image, ["gradcam"])
+    assert set(table["subset"]) == {"all", "cyst"} and (table["region"] == "below").all()
+    assert (table["p"] < 1e-4).all() and (table["r"] > 0.9).all()
+    assert agr.findings_tests(per_image.drop(columns="posterior_enhancement"), ["gradcam"]).empty
+
+
+def test_road_separates_a_faithful_map_from_its_inverse():
+    """Logit = mean of the window: removing the window first must hurt more than removing the rest."""
+    x = _blob_images(decoy=False)
+    faithful = np.zeros((3, 40, 40), np.float32)
+    faithful[:, WINDOW[0], WINDOW[1]] = 1.0
+    good = road_scores(WindowModel(), x, faithful, [0, 0, 0], percentiles=(50, 80))
+    bad = road_scores(WindowModel(), x, 1 - faithful, [0, 0, 0], percentiles=(50, 80))
+    assert (good["road"] > bad["road"]).all()
+    ranks = tie_broken_ranks(np.zeros((1, 4, 4)), np.random.default_rng(0))
+    assert len(np.unique(ranks)) == 16 and ranks.min() == 0 and ranks.max() == 1
+    assert normalise(np.full((1, 3, 3), 5.0)).max() == 0
+
+
+# -- the command on a tiny trained run ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def masked_run(tmp_path_factory):
+    """A CSV manifest of 3 classes x 5 patients x 2 images (40 px) with lesion masks and a finding; trained 1 epoch."""
+    data = tmp_path_factory.mktemp("masked")
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, cls in enumerate(("cyst", "lipoma", "pilomatricoma")):
+        for p in range(5):
+            for v in range(2):
+                img = rng.integers(0, 60, (40, 40), dtype=np.uint8)
+                mask = np.zeros((40, 40), np.uint8)
+                top, left = 8 + 2 * v, 6 + 8 * c
+                mask[top:top + 12, left:left + 14] = 255
+                img[mask > 0] += 120 + 30 * c
+                Image.fromarray(img).save(data / f"{cls}{p}_{v}.png")
+                Image.fromarray(mask).save(data / f"{cls}{p}_{v}_mask.png")
+                rows.append({"path": f"{cls}{p}_{v}.png", "label": cls, "patient_id": f"{cls}-{p}",
+                             "mask_path": f"{cls}{p}_{v}_mask.png", "calcification": int(rng.random() < 0.5)})
+    pd.DataFrame(rows).to_csv(data / "manifest.csv", index=False)
+    run_dir = tmp_path_factory.mktemp("run") / "r"
+    proc = subprocess.run([sys.executable, "-m", "skintumor.train", "data=csv", f"data.options.manifest={data}/manifest.csv",
+                           "data.image_size=32", "data.n_folds=3", "data.batch_size=8", "trainer.max_epochs=1",
+                           "trainer.accelerator=cpu", "logger=csv", "callbacks.progress_bar=null",
+                           f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_explain_command_writes_overlays_and_statistics(masked_run, capsys):
+    # at 32 px layer4 is a 1x1 grid (a constant map); layer3 is 2x2
+    assert explain_main([str(masked_run), "--road-images", "2", "--road-percentiles", "50", "--target-layer", "layer3"]) == 0
+    out = masked_run / "explain"
+    n_test = len(json.loads((masked_run / "split.json").read_text())["test"])
+    assert len(list((out / "overlays").glob("*.png"))) == n_test
+    assert {p.name for p in out.glob("gallery_*.png")} == {"gallery_cyst.png", "gallery_lipoma.png", "gallery_pilomatricoma.png"}
+    table = pd.read_csv(out / "agreement.csv")
+    assert len(table) == n_test * 8  # 7 maps + the centre baseline per image
+    assert table["has_mask"].all() and table["energy"].between(0, 1).all() and set(table["hit"]) <= {0, 1}
+    assert table["road"].notna().sum() == 2 * 7 and "calcification" in table
+    result = json.loads((out / "agreement.json").read_text())
+    assert result["n_with_mask"] == n_test and result["settings"]["tolerance_px"] == 2
+    rows = pd.DataFrame(result["agreement"])
+    assert {"all", "cyst"} <= set(rows["subset"]) and set(rows["baseline"]) == {"random", "centre"}
+    assert rows["p"].between(0, 1).all() and rows["r"].between(-1, 1).all()
+    assert "Agreement with the lesion" in (out / "agreement.md").read_text()
+    # a second run never overwrites, and a wrong folder is one clear line
+    assert explain_main([str(masked_run)]) == 2
+    assert explain_main([str(masked_run / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "already holds explanations" in err and "best.ckpt: not found" in err and "Traceback" not in err
