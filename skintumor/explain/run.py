@@ -15,7 +15,7 @@ It never trains and never reads the training or validation images.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,6 @@ class ExplainSettings:
     overlays: int | None = None  # None: every test image
     batch_size: int = 16
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def load_test_fold(run_dir: Path) -> tuple[Manifest, list[int]]:
