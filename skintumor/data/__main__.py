@@ -88,9 +88,9 @@ def print_report(report: CheckReport, console: Console, shown: int = 20) -> None
                                                              paths[row.j], manifest.table["label"][row.j])))
             console.print(conflicts)
     for line in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     for line in report.errors:
-        console.print(f"[red]error:[/red] {escape(line)}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     verdict = "[green]OK[/green]" if report.ok else f"[red]{len(report.errors)} bad file(s)[/red]"
     console.print(f"{verdict}  ({report.seconds:.1f} s)")
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             report = load_and_check(kind, dedup=not args.no_dedup, max_distance=args.max_distance,
                                     progress=console.is_terminal, **source_options(path, kind, args))
         except (DataError, OSError) as err:
-            console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+            console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             status = max(status, 2)
             continue
         print_report(report, console, shown=args.show)
