@@ -505,3 +505,47 @@ def test_busi_counts_masks_and_duplicates(busi_report):
     assert len(dup.conflicts) >= 5  # lesions filed under two classes
     pair = {table["path"][dup.conflicts["i"][0]], table["path"][dup.conflicts["j"][0]]}
     assert pair == {"benign/benign (433).png", "malignant/malignant (145).png"}
+
+
+# ---------------------------------------------------------------- the data module runs the check
+
+def test_datamodule_groups_duplicates_and_refuses_bad_files(tmp_path):
+    from skintumor.data.datamodule import UltrasoundDataModule
+
+    images, labels = {}, {}
+    for s in range(8):
+        cls = "cyst" if s % 2 else "lipoma"
+        images[f"s{s}"] = images[f"s{s}_copy"] = texture(400 + s)
+        labels[f"s{s}"] = labels[f"s{s}_copy"] = cls
+    m = manifest_of(images, labels, tmp_path / "d")
+    dm = UltrasoundDataModule(manifest=m, image_size=32, n_folds=2, val_fraction=0.34, dedup=True)
+    dm.setup()
+    assert dm.manifest.table["group_id"].nunique() == 8 and dm.images[0].shape == (32, 32)
+    groups = np.asarray(dm.manifest.groups)
+    assert not set(groups[dm.split.train]) & set(groups[dm.split.test])
+    (tmp_path / "d" / "cyst" / "s1.png").write_bytes(b"")
+    (tmp_path / "d" / "cyst" / "s3.png").write_text("text")
+    with pytest.raises(DataError, match=r"2 bad file\(s\).*s1\.png.*s3\.png"):
+        UltrasoundDataModule(manifest=m, image_size=32, n_folds=2).setup()
+
+
+@pytest.mark.slow
+def test_one_training_epoch_on_busi_at_64_px(tmp_path):
+    """~2.5 min on 2 shared CPU cores: decode + check + dedup + one epoch + test."""
+    import json
+    import subprocess
+    import sys
+
+    if not BUSI.is_dir():
+        pytest.skip(f"{BUSI} not present")
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "skintumor.train", "data=busi", "data.image_size=64",
+                           "data.batch_size=32", "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv",
+                           f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = pd.read_csv(run / "manifest.csv", dtype=str, keep_default_na=False)
+    split = json.loads((run / "split.json").read_text())
+    assert len(manifest) == 780 and manifest["group_id"].str.startswith("dup:").sum() > 100
+    parts = {k: set(manifest["group_id"].iloc[split[k]]) for k in ("train", "val", "test")}
+    assert not parts["train"] & parts["test"] and not parts["val"] & parts["test"]
+    assert (run / "metrics_test.json").is_file()

@@ -6,9 +6,9 @@ starts on data the check would reject.
 
     manifest = load_source("busi")
     prepared = prepare_manifest(manifest, crop=False, dedup=True, max_distance=24,
-                                label_conflicts="keep")   # raises DataError listing every bad file
+                                label_conflicts="keep", transform=resize)  # DataError lists every bad file
     prepared.manifest   # group_id joins near-duplicates; conflicting rows dropped if "exclude"
-    prepared.images     # HxW uint8 per row of prepared.manifest (scan-area crop applied if crop)
+    prepared.images     # HxW uint8 per row of prepared.manifest (cropped if crop, then transform)
     prepared.masks      # HxW bool per row, or None where the row has no mask
 """
 from __future__ import annotations
@@ -16,11 +16,13 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from skintumor.data.dedup import DEFAULT_MAX_DISTANCE, DuplicateReport, apply_duplicate_groups, find_duplicates
+from skintumor.data.dedup import (DEFAULT_MAX_DISTANCE, LABEL_CONFLICT_RULES, DuplicateReport,
+                                  apply_duplicate_groups, find_duplicates, image_hashes)
 from skintumor.data.images import read_greyscale, read_mask
 from skintumor.data.manifest import DataError, Manifest
 from skintumor.data.scan_area import crop_scan_area
@@ -74,55 +76,81 @@ class PreparedData:
     report: CheckReport
 
 
-def decode_manifest(manifest: Manifest, progress: bool = False):
-    """Decode every image and mask of ``manifest`` at full size, collecting (not raising) errors.
+@dataclass
+class Decoded:
+    """Every row of a manifest decoded once.
 
-    Returns ``(images, masks, errors)``: HxW uint8 or None per row, HxW bool or None per row,
-    and one line per bad file.
+    Attributes:
+        images: HxW uint8 per row (after crop / transform), None where the image is unreadable.
+        masks: HxW bool per row, None where the row has no mask or it is unreadable.
+        sizes: the full-resolution (H, W) per row, None where unreadable.
+        hashes: N x 2 uint64 perceptual hashes of the full-resolution images (0 where unreadable),
+            or None when not asked for.
+        errors: one line per bad file, naming it.
     """
-    images: list[np.ndarray | None] = []
-    masks: list[np.ndarray | None] = []
-    errors: list[str] = []
+
+    images: list[np.ndarray | None]
+    masks: list[np.ndarray | None]
+    sizes: list[tuple[int, int] | None]
+    hashes: np.ndarray | None
+    errors: list[str]
+
+
+Transform = Callable[[np.ndarray, "np.ndarray | None"], tuple]  # (image, mask) -> (image, mask)
+
+
+def decode_manifest(manifest: Manifest, hashes: bool = True, crop: bool = False,
+                    transform: Transform | None = None, progress: bool = False) -> Decoded:
+    """Decode every image and mask of ``manifest``, collecting (not raising) errors.
+
+    Each row is hashed at full resolution, then cropped to its scan area (``crop``), then passed
+    through ``transform(image, mask) -> (image, mask)`` (e.g. the data module's resize), so only
+    the final arrays stay in memory.
+    """
+    decoded = Decoded([], [], [], np.zeros((len(manifest), 2), np.uint64) if hashes else None, [])
     for i in _progress(range(len(manifest)), progress, "decoding images"):
+        image = mask = None
         try:
             image = read_greyscale(manifest.image_path(i))
         except DataError as err:
-            image = None
-            errors.append(str(err))
-        mask = None
+            decoded.errors.append(str(err))
         mask_path = manifest.mask_path(i)
         if mask_path is not None:
             try:
                 mask = read_mask(mask_path, shape=None if image is None else image.shape)
             except DataError as err:
-                errors.append(str(err))
-        images.append(image)
-        masks.append(mask)
-    return images, masks, errors
+                decoded.errors.append(str(err))
+        decoded.sizes.append(None if image is None else image.shape)
+        if image is not None:
+            if hashes:
+                decoded.hashes[i] = image_hashes([image])[0]
+            if crop:
+                image, mask, _ = crop_scan_area(image, mask)
+            if transform is not None:
+                image, mask = transform(image, mask)
+        decoded.images.append(image)
+        decoded.masks.append(mask)
+    return decoded
 
 
-def check_manifest(manifest: Manifest, images=None, masks=None, dedup: bool = True,
+def check_manifest(manifest: Manifest, decoded: Decoded | None = None, dedup: bool = True,
                    max_distance: int = DEFAULT_MAX_DISTANCE, progress: bool = False) -> CheckReport:
-    """Check every row of ``manifest``; nothing is raised for bad files, they are listed.
+    """Check every row of ``manifest``; bad files are listed in the report, not raised.
 
     Args:
         manifest: rows to check.
-        images, masks: already decoded HxW arrays per row (None for a row that failed); both
-            are decoded here (every error collected) when ``images`` is None.
+        decoded: the rows already decoded by :func:`decode_manifest` (decoded here when None).
         dedup: look for near-duplicates and label conflicts.
         max_distance: near-duplicate threshold (see :mod:`skintumor.data.dedup`).
     """
     start = time.perf_counter()
-    errors: list[str] = []
-    if images is None:
-        images, masks, errors = decode_manifest(manifest, progress=progress)
-    masks = masks if masks is not None else [None] * len(manifest)
+    if decoded is None:
+        decoded = decode_manifest(manifest, hashes=dedup, progress=progress)
     table = manifest.table
-    readable = [i for i, image in enumerate(images) if image is not None]
-    sizes = pd.DataFrame({"height": [np.nan if x is None else x.shape[0] for x in images],
-                          "width": [np.nan if x is None else x.shape[1] for x in images]})
+    readable = [i for i, size in enumerate(decoded.sizes) if size is not None]
+    sizes = pd.DataFrame([size or (np.nan, np.nan) for size in decoded.sizes], columns=["height", "width"])
     has_mask = table["mask_path"] != ""
-    empty = pd.Series([m is not None and not m.any() for m in masks], index=table.index)
+    empty = pd.Series([m is not None and not m.any() for m in decoded.masks], index=table.index)
     classes = pd.DataFrame({
         "class": manifest.classes,
         "images": [int((table["label"] == c).sum()) for c in manifest.classes],
@@ -130,10 +158,9 @@ def check_manifest(manifest: Manifest, images=None, masks=None, dedup: bool = Tr
         "masks": [int(has_mask[table["label"] == c].sum()) for c in manifest.classes],
         "empty_masks": [int(empty[table["label"] == c].sum()) for c in manifest.classes],
     })
-    report = CheckReport(manifest, classes, sizes, errors, _warnings(manifest, classes, has_mask))
-    if dedup and len(readable) > 1:
-        sub = manifest.subset(readable)
-        found = find_duplicates(sub, [images[i] for i in readable], max_distance=max_distance)
+    report = CheckReport(manifest, classes, sizes, list(decoded.errors), _warnings(manifest, classes, has_mask))
+    if dedup and decoded.hashes is not None and len(readable) > 1:
+        found = find_duplicates(manifest.subset(readable), hashes=decoded.hashes[readable], max_distance=max_distance)
         report.duplicates = _reindex(found, np.asarray(readable), len(manifest))
         if not found.conflicts.empty:
             report.warnings.append(f"{len(found.conflicts)} near-duplicate pair(s) carry different labels "
@@ -177,7 +204,7 @@ def _reindex(report: DuplicateReport, rows: np.ndarray, n: int) -> DuplicateRepo
 
 def prepare_manifest(manifest: Manifest, crop: bool = False, dedup: bool = True,
                      max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep",
-                     progress: bool = False) -> PreparedData:
+                     transform: Transform | None = None, progress: bool = False) -> PreparedData:
     """Decode, check and group ``manifest`` for training; :class:`DataError` if any file is bad.
 
     Args:
@@ -185,26 +212,23 @@ def prepare_manifest(manifest: Manifest, crop: bool = False, dedup: bool = True,
         dedup: join near-duplicates into one ``group_id`` (and apply ``label_conflicts``).
         max_distance: near-duplicate threshold, 0..128 (see :mod:`skintumor.data.dedup`).
         label_conflicts: ``"keep"`` or ``"exclude"`` near-duplicates filed under different labels.
+        transform: ``(image, mask) -> (image, mask)`` applied to every row after the crop
+            (the data module's resize); images stay full size when None.
 
-    Returns images (HxW uint8) and masks (HxW bool or None) at full size, aligned with the
-    returned manifest's rows; the data module resizes them.
+    Returns images (HxW uint8) and masks (HxW bool or None) aligned with the returned manifest.
     """
-    images, masks, errors = decode_manifest(manifest, progress=progress)
-    report = check_manifest(manifest, images, masks, dedup=dedup, max_distance=max_distance)
-    report.errors = errors + report.errors
+    if label_conflicts not in LABEL_CONFLICT_RULES:
+        raise DataError(f"label_conflicts must be one of {', '.join(LABEL_CONFLICT_RULES)}, got {label_conflicts!r}")
+    decoded = decode_manifest(manifest, hashes=dedup, crop=crop, transform=transform, progress=progress)
+    report = check_manifest(manifest, decoded, dedup=dedup, max_distance=max_distance)
     report.raise_for_errors()
     rows = np.arange(len(manifest))
-    if dedup and report.duplicates is not None:
+    if report.duplicates is not None:
         grouped = apply_duplicate_groups(manifest, report.duplicates, label_conflicts)
         if label_conflicts == "exclude":
             rows = np.setdiff1d(rows, report.duplicates.conflict_rows)
         manifest = grouped
-    images = [images[i] for i in rows]
-    masks = [masks[i] for i in rows]
-    if crop:
-        for k, image in enumerate(images):
-            images[k], masks[k], _ = crop_scan_area(image, masks[k])
-    return PreparedData(manifest, images, masks, report)
+    return PreparedData(manifest, [decoded.images[i] for i in rows], [decoded.masks[i] for i in rows], report)
 
 
 def _progress(items, enabled: bool, description: str):

@@ -96,7 +96,8 @@ def hash_distances(hashes: np.ndarray, block: int = 1024) -> np.ndarray:
 
 
 def find_duplicates(manifest: Manifest, images: Sequence[np.ndarray] | None = None,
-                    max_distance: int = DEFAULT_MAX_DISTANCE, scan_area: bool = True) -> DuplicateReport:
+                    max_distance: int = DEFAULT_MAX_DISTANCE, scan_area: bool = True,
+                    hashes: np.ndarray | None = None) -> DuplicateReport:
     """Find exact and near-duplicate rows of ``manifest``.
 
     Args:
@@ -107,14 +108,16 @@ def find_duplicates(manifest: Manifest, images: Sequence[np.ndarray] | None = No
             near-duplicate; 0 finds exact (perceptual) copies only.
         scan_area: hash each image's scan area (:func:`~skintumor.data.scan_area.find_scan_area`),
             so the same frame exported with and without scanner UI still matches.
+        hashes: precomputed :func:`image_hashes` (N x 2) instead of ``images``.
     """
-    if images is None:
-        images = [read_greyscale(manifest.image_path(i)) for i in range(len(manifest))]
-    if len(images) != len(manifest):
-        raise ValueError(f"{len(images)} images for a manifest of {len(manifest)} rows")
     if not 0 <= int(max_distance) <= 128:
         raise DataError(f"max_distance must be in 0..128, got {max_distance}")
-    hashes = image_hashes(images, scan_area=scan_area)
+    if hashes is None:
+        if images is None:
+            images = [read_greyscale(manifest.image_path(i)) for i in range(len(manifest))]
+        hashes = image_hashes(images, scan_area=scan_area)
+    if len(hashes) != len(manifest):
+        raise ValueError(f"{len(hashes)} images for a manifest of {len(manifest)} rows")
     dist = hash_distances(hashes)
     i, j = np.nonzero(np.triu(dist <= max_distance, k=1))
     pairs = pd.DataFrame({"i": i, "j": j, "distance": dist[i, j].astype(int)})
