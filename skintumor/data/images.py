@@ -121,7 +121,8 @@ def read_mask(path: str | Path | Sequence[str | Path], shape: tuple[int, int] | 
     union = None
     for p in paths:
         grey = read_greyscale(p)
-        mask = grey > 0 if len(np.unique(grey)) <= 8 else grey > grey.max() // 2
+        levels = np.count_nonzero(np.bincount(grey.ravel(), minlength=256))
+        mask = grey > 0 if levels <= 8 else grey > grey.max() // 2
         if shape is not None and mask.shape != tuple(shape):
             raise DataError(f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
                             f"{shape[1]}x{shape[0]} px")

@@ -3,7 +3,7 @@
 Exported ultrasound frames carry scanner UI around the scan: black margins, text, logos, grey or
 colour bars, depth rulers. The scan itself is one large connected region of speckle. So: mark
 pixels brighter than the background, erase thin strokes (text, rulers, caliper crosses) with a
-morphological opening, keep the largest connected region and take its bounding box. Hand-written
+morphological opening, and take the bounding box of the large connected regions. Hand-written
 (on OpenCV primitives) because no kept library knows ultrasound screens; ~1 ms on a 400 px image.
 Deep tissue with almost no echo (grey level <= ``background``) below the scan counts as margin.
 """
@@ -15,7 +15,7 @@ import numpy as np
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open like numpy slices
 
 
-def find_scan_area(image: np.ndarray, background: int = 6, min_fraction: float = 0.2) -> Box:
+def find_scan_area(image: np.ndarray, background: int = 4, min_fraction: float = 0.2) -> Box:
     """Bounding box ``(y0, y1, x0, x1)`` of the scan area of an HxW uint8 image.
 
     Args:
@@ -39,10 +39,16 @@ def find_scan_area(image: np.ndarray, background: int = 6, min_fraction: float =
     n, _, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
     if n <= 1:  # label 0 is the background
         return whole
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x0, y0, w, h = (int(v) for v in stats[largest, :4])
-    box = (y0, y0 + h, x0, x0 + w)
-    return box if w * h >= min_fraction * height * width else whole
+    # the scan may fall apart at a wide anechoic lesion (a cyst across the image splits tissue
+    # above from its bright back wall below): keep every region at least a tenth of the largest;
+    # text, rulers and colour bars are far smaller
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    parts = stats[1:][areas >= 0.1 * areas.max()]
+    x0, y0 = int(parts[:, cv2.CC_STAT_LEFT].min()), int(parts[:, cv2.CC_STAT_TOP].min())
+    x1 = int((parts[:, cv2.CC_STAT_LEFT] + parts[:, cv2.CC_STAT_WIDTH]).max())
+    y1 = int((parts[:, cv2.CC_STAT_TOP] + parts[:, cv2.CC_STAT_HEIGHT]).max())
+    box = (y0, y1, x0, x1)
+    return box if (y1 - y0) * (x1 - x0) >= min_fraction * height * width else whole
 
 
 def crop_to_box(image: np.ndarray, box: Box, mask: np.ndarray | None = None):
