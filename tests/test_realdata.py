@@ -156,6 +156,20 @@ def test_masks_binary_label_map_jpeg_and_union(tmp_path):
     assert read_mask([tmp_path / "m01.png", tmp_path / "m2.png"]).sum() == 225
 
 
+def test_masks_in_odd_shapes(tmp_path):
+    lesion = np.zeros((30, 40), bool)
+    lesion[5:15, 10:30] = True
+    Image.fromarray(lesion.astype(np.uint16)).save(tmp_path / "label16.png")  # 16-bit label map 0/1
+    overlay = np.zeros((30, 40, 4), np.uint8)
+    overlay[..., 3] = lesion * 128  # transparent overlay: the lesion only in alpha
+    Image.fromarray(overlay, "RGBA").save(tmp_path / "overlay.png")
+    red = np.zeros((30, 40, 3), np.uint8)
+    red[lesion] = (255, 0, 0)  # drawn in red
+    Image.fromarray(red).save(tmp_path / "red.png")
+    for name in ("label16.png", "overlay.png", "red.png"):
+        np.testing.assert_array_equal(read_mask(tmp_path / name), lesion, err_msg=name)
+
+
 def test_mask_of_the_wrong_size_names_the_mask(tmp_path):
     save_png(tmp_path / "small_mask.png", np.zeros((10, 10), np.uint8))
     with pytest.raises(DataError, match="small_mask.png: mask is 10x10 px but its image is 50x40 px"):
@@ -226,6 +240,15 @@ def test_dicom_without_pixel_data_or_broken_is_a_data_error(tmp_path):
     (tmp_path / "junk.dcm").write_bytes(b"\x00" * 64 + b"not dicom")
     with pytest.raises(DataError, match=r"junk\.dcm"):
         read_greyscale(tmp_path / "junk.dcm")
+    # in a DICOM folder both are listed by the check, the source itself does not stop at them
+    for name in ("report.dcm", "junk.dcm"):
+        (tmp_path / "data" / "cyst").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "cyst" / name).write_bytes((tmp_path / name).read_bytes())
+    write_dicom(tmp_path / "data" / "lipoma" / "ok.dcm", texture(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = check_manifest(dicom_manifest(tmp_path / "data"))
+    assert len(report.errors) == 2 and "report.dcm" in report.errors[1] and "junk.dcm" in report.errors[0]
 
 
 def test_dicom_source_patient_ids_spacing_and_clips(tmp_path):

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough that file names are not wrapped
+        console = Console(width=200)
     status = 0
     for path in args.sources:
         try:

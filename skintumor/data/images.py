@@ -22,7 +22,7 @@ _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the same weights as PIL's 
 
 
 def to_uint8_grey(array: np.ndarray, max_value: float | None = None) -> np.ndarray:
-    """HxW or HxWxC array (C = 1, 3 or 4) -> HxW uint8.
+    """HxW or HxWxC array (C = 1, 2 = LA, 3 = RGB or 4 = RGBA) -> HxW uint8.
 
     Args:
         array: pixel values; colour channels are RGB(A).
@@ -32,8 +32,8 @@ def to_uint8_grey(array: np.ndarray, max_value: float | None = None) -> np.ndarr
     if max_value is None:
         max_value = _dtype_max(array)
     if array.ndim == 3:
-        if array.shape[2] == 4:  # RGBA / LA-like: alpha is display-only for scans
-            array = array[..., :3]
+        if array.shape[2] in (2, 4):  # LA / RGBA: alpha is display-only for scans
+            array = array[..., :-1]
         if array.shape[2] == 1:
             array = array[..., 0]
         elif array.shape[2] == 3:
@@ -61,7 +61,11 @@ def read_greyscale(path: str | Path) -> np.ndarray:
 
     Raises :class:`DataError` naming the file for anything that is not a decodable image.
     """
-    path = Path(path)
+    return to_uint8_grey(*_decode(Path(path)))
+
+
+def _decode(path: Path) -> tuple[np.ndarray, float]:
+    """The file's pixels as stored (HxW or HxWxC, C = 1..4) and the value that means full white."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -69,26 +73,19 @@ def read_greyscale(path: str | Path) -> np.ndarray:
     from skintumor.data import dicom  # late import: dicom imports this module
 
     if dicom.is_dicom(path):
-        array = dicom.read_dicom_grey(path)
+        array, max_value = dicom.read_dicom_grey(path), 255.0
     else:
-        array = _read_pillow_grey(path)
+        try:
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)  # phone/camera JPEGs: pixels as every viewer shows them
+                array, max_value = _pillow_array(img)
+        except Exception as err:  # noqa: BLE001 - any decoder failure on user data is one clear line
+            first = (str(err).splitlines() or [""])[0] or type(err).__name__
+            raise DataError(f"{path}: not a readable image ({first})") from None
     if array.size == 0:
         raise DataError(f"{path}: image has no pixels")
-    return array
-
-
-def _read_pillow_grey(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)  # phone/camera JPEGs: pixels as every viewer shows them
-            array, max_value = _pillow_array(img)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any decoder failure on user data is one clear line
-        first = (str(err).splitlines() or [""])[0] or type(err).__name__
-        raise DataError(f"{path}: not a readable image ({first})") from None
-    return to_uint8_grey(array, max_value)
+    return array, max_value
 
 
 def _pillow_array(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -101,28 +98,31 @@ def _pillow_array(img: Image.Image) -> tuple[np.ndarray, float]:
     if mode == "F":
         array = np.asarray(img, dtype=np.float64)
         return array, _dtype_max(array)
-    if mode in ("L", "RGB"):
+    if mode in ("L", "LA", "RGB", "RGBA"):  # alpha kept: images drop it, masks may live in it
         return np.asarray(img), 255.0
-    if mode in ("1", "LA", "La"):
+    if mode == "1":
         return np.asarray(img.convert("L")), 255.0
-    return np.asarray(img.convert("RGB")), 255.0  # P, PA, RGBA, CMYK, YCbCr, ...
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        return np.asarray(img.convert("RGBA" if has_alpha else "RGB")), 255.0
+    return np.asarray(img.convert("RGB")), 255.0  # CMYK, YCbCr, LAB, ...
 
 
 def read_mask(path: str | Path | Sequence[str | Path], shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a lesion mask as an HxW bool array; several files are merged (their union).
 
-    Binary masks (0/1, 0/255, few distinct values, as label maps) count every non-zero pixel;
-    masks with many grey levels (JPEG-compressed) are thresholded at half their maximum so
-    compression noise around the outline is not lesion.
+    Values are used as stored (a 16-bit label map of 0/1 stays 0/1). Binary masks and label maps
+    (at most 8 distinct values) count every non-zero pixel; masks with many grey levels
+    (JPEG-compressed) are thresholded at half their maximum so compression noise is not lesion.
+    Colour masks count any non-zero channel; a mask drawn only in the alpha channel (a
+    transparent overlay) uses the alpha channel.
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if not paths:
         raise ValueError("read_mask needs at least one path")
     union = None
     for p in paths:
-        grey = read_greyscale(p)
-        levels = np.count_nonzero(np.bincount(grey.ravel(), minlength=256))
-        mask = grey > 0 if levels <= 8 else grey > grey.max() // 2
+        mask = _binary(_decode(Path(p))[0])
         if shape is not None and mask.shape != tuple(shape):
             raise DataError(f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
                             f"{shape[1]}x{shape[0]} px")
@@ -131,3 +131,21 @@ def read_mask(path: str | Path | Sequence[str | Path], shape: tuple[int, int] | 
                             f"{union.shape[1]}x{union.shape[0]} px")
         union = mask if union is None else union | mask
     return union
+
+
+def _binary(array: np.ndarray) -> np.ndarray:
+    """Stored mask values (HxW or HxWxC) -> HxW bool, by the rules of :func:`read_mask`."""
+    if array.ndim == 3:
+        channels = array.shape[2]
+        colour = array[..., : channels - 1] if channels in (2, 4) else array
+        values = colour.max(axis=2)
+        if channels in (2, 4) and not values.any():
+            values = array[..., -1]  # the lesion is only in the alpha channel
+        array = values
+    if np.issubdtype(array.dtype, np.integer) and array.min() >= 0:
+        levels = np.count_nonzero(np.bincount(array.ravel()))  # a counting pass, faster than np.unique
+    else:
+        levels = len(np.unique(array))
+    if levels <= 8:
+        return array > 0
+    return array > array.max() / 2
