@@ -138,9 +138,11 @@ def test_bad_image_files_give_a_data_error_naming_the_file(tmp_path, content, pr
         content = buf.getvalue()[: len(buf.getvalue()) // 2]
     path = tmp_path / "scan 7.png"
     path.write_bytes(content)
+    before = snapshot(tmp_path)
     with pytest.raises(DataError, match=problem) as err:
         read_greyscale(path)
     assert "scan 7.png" in str(err.value) and "\n" not in str(err.value)
+    assert snapshot(tmp_path) == before
 
 
 def test_masks_binary_label_map_jpeg_and_union(tmp_path):
@@ -172,8 +174,10 @@ def test_masks_in_odd_shapes(tmp_path):
 
 def test_mask_of_the_wrong_size_names_the_mask(tmp_path):
     save_png(tmp_path / "small_mask.png", np.zeros((10, 10), np.uint8))
+    before = snapshot(tmp_path)
     with pytest.raises(DataError, match="small_mask.png: mask is 10x10 px but its image is 50x40 px"):
         read_mask(tmp_path / "small_mask.png", shape=(40, 50))
+    assert snapshot(tmp_path) == before
 
 
 # ---------------------------------------------------------------- DICOM
@@ -235,11 +239,16 @@ def test_dicom_without_pixel_data_or_broken_is_a_data_error(tmp_path):
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID = "1.2.840.10008.5.1.4.1.1.88.11", generate_uid(), "P1"
     ds.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    (tmp_path / "junk.dcm").write_bytes(b"\x00" * 64 + b"not dicom")
+    Image.fromarray(texture(8)).save(tmp_path / "png.dcm", "PNG")
+    before = snapshot(tmp_path)
     with pytest.raises(DataError, match=r"report\.dcm: DICOM file has no pixel data"):
         read_greyscale(tmp_path / "report.dcm")
-    (tmp_path / "junk.dcm").write_bytes(b"\x00" * 64 + b"not dicom")
     with pytest.raises(DataError, match=r"junk\.dcm"):
         read_greyscale(tmp_path / "junk.dcm")
+    with pytest.raises(DataError, match=r"png\.dcm: not a readable DICOM file"):
+        read_greyscale(tmp_path / "png.dcm")
+    assert snapshot(tmp_path) == before
     # in a DICOM folder both are listed by the check, the source itself does not stop at them
     for name in ("report.dcm", "junk.dcm"):
         (tmp_path / "data" / "cyst").mkdir(parents=True, exist_ok=True)

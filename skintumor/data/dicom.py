@@ -27,8 +27,10 @@ _CM_UNITS = 3  # DICOM PhysicalUnits code for centimetres
 def is_dicom(path: str | Path) -> bool:
     """True for ``.dcm``/``.dicom`` files and for any file with the ``DICM`` preamble (PACS exports)."""
     path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
+    return path.suffix.lower() in DICOM_SUFFIXES or _has_preamble(path)
+
+
+def _has_preamble(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -39,11 +41,10 @@ def is_dicom(path: str | Path) -> bool:
 
 def _read_dataset(path: Path, pixels: bool):
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(path, force=True, stop_before_pixels=not pixels)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except Exception as err:  # noqa: BLE001 - force=True parses anything; any failure is one clear line
         first = (str(err).splitlines() or [""])[0] or type(err).__name__
         raise DataError(f"{path}: not a readable DICOM file ({first})") from None
 
@@ -64,6 +65,9 @@ def read_dicom_grey(path: str | Path) -> np.ndarray:
     path = Path(path)
     ds = _read_dataset(path, pixels=True)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if not _has_preamble(path) and "SOPClassUID" not in ds:
+            raise DataError(f"{path}: not a readable DICOM file (no DICM header, no SOP class: "
+                            "another format named .dcm?)")
         raise DataError(f"{path}: DICOM file has no pixel data (a report or structured document?)")
     frames = number_of_frames(ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()

@@ -103,7 +103,7 @@ def csv_manifest(root: str | Path | None = None, manifest: str | Path | None = N
     ``root`` defaults to the CSV's folder; every file named must exist.
     """
     if manifest is None:
-        raise DataError("csv source: set data.manifest=FILE.csv")
+        raise DataError("csv source: set data.options.manifest=FILE.csv")
     try:
         result = Manifest.from_csv(manifest, root=root, classes=classes)
     except DataError as err:
@@ -137,7 +137,7 @@ def dicom_manifest(root: str | Path | None = None, manifest: str | Path | None =
         root, table, class_names = base.root, base.table.copy(), base.classes
     else:
         if root is None:
-            raise DataError("dicom source: set data.root=FOLDER (with <class>/ sub-folders) or data.manifest=FILE.csv")
+            raise DataError("dicom source: set data.root=FOLDER (with <class>/ sub-folders) or data.options.manifest=FILE.csv")
         root, class_dirs = _class_dirs(root, classes)
         rows = []
         for class_dir in class_dirs:
@@ -186,6 +186,9 @@ def busi_manifest(root: str | Path = BUSI_ROOT, classes: list[str] | None = None
     it); a mask without its image is reported by a warning. BUSI has no patient ids: every image is
     its own patient, and duplicate grouping (:mod:`skintumor.data.dedup`) joins near-identical ones.
     """
+    if not Path(root).expanduser().is_dir():
+        raise DataError(f"{root}: BUSI folder not found (a relative root starts at the directory you run from, "
+                        "normally the repo root; set data.root=DIR)")
     root, class_dirs = _class_dirs(root, classes)
     rows, orphans = [], []
     for class_dir in class_dirs:
