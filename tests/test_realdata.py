@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -510,6 +509,14 @@ def test_cli_exits_non_zero_and_names_the_broken_image(class_folder, capsys):
     assert "broken.png" in out and "zero.png" in out and "2 bad file(s)" in out
     assert main(["check", str(class_folder / "missing")]) == 2
     assert snapshot(class_folder) == before
+
+
+def test_check_warns_about_a_blanked_patient_id(tmp_path):
+    images = {f"s{k}": texture(500 + k, (40, 48)) for k in range(12)}
+    m = manifest_of(images, {n: "cyst" for n in images}, tmp_path)
+    m = Manifest(m.table.drop(columns="group_id").assign(patient_id=["ANON"] * 11 + ["P2"]), tmp_path)
+    report = check_manifest(m, dedup=False)
+    assert report.ok and any("'ANON' has 11 of 12 images" in w for w in report.warnings)
 
 
 def test_cli_checks_a_csv_manifest(class_folder, capsys):

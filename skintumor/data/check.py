@@ -27,7 +27,7 @@ from skintumor.data.images import read_greyscale, read_mask
 from skintumor.data.manifest import DataError, Manifest
 from skintumor.data.scan_area import crop_scan_area
 
-LARGE_PATIENT_SHARE = 0.2  # one patient id on more images than this share smells of a blanked id
+LARGE_PATIENT_SHARE = 0.2  # one patient id on more images than this share (and >= 10) smells of a blanked id
 
 
 @dataclass
@@ -179,7 +179,7 @@ def _warnings(manifest: Manifest, classes: pd.DataFrame, has_mask: pd.Series) ->
         found.append(f"{len(missing)} image(s) have no mask while others do: " + ", ".join(missing[:10])
                      + (" ..." if len(missing) > 10 else ""))
     counts = table["patient_id"].value_counts()
-    if len(counts) > 1 and counts.iloc[0] > LARGE_PATIENT_SHARE * len(table):
+    if counts.iloc[0] >= 10 and counts.iloc[0] > LARGE_PATIENT_SHARE * len(table):
         found.append(f"patient {counts.index[0]!r} has {counts.iloc[0]} of {len(table)} images; "
                      "was the patient id blanked by an anonymiser?")
     mixed = table.groupby("patient_id")["label"].nunique()
@@ -187,8 +187,8 @@ def _warnings(manifest: Manifest, classes: pd.DataFrame, has_mask: pd.Series) ->
         found.append(f"{int((mixed > 1).sum())} patient(s) have images of more than one class "
                      f"(e.g. {mixed[mixed > 1].index[0]}); each stays whole inside one fold")
     if table["patient_id"].str.startswith("img:").all():
-        found.append("no patient ids: every image is its own patient; duplicate grouping is the only "
-                     "guard against one lesion in train and test")
+        found.append("no patient ids: every image is its own patient; only duplicate grouping (dedup) "
+                     "keeps near-identical images of one lesion out of both train and test")
     return found
 
 
@@ -222,9 +222,16 @@ def prepare_manifest(manifest: Manifest, crop: bool = False, dedup: bool = True,
     decoded = decode_manifest(manifest, hashes=dedup, crop=crop, transform=transform, progress=progress)
     report = check_manifest(manifest, decoded, dedup=dedup, max_distance=max_distance)
     report.raise_for_errors()
+    for line in report.warnings:  # what the check command would print, in the training log
+        warnings.warn(f"{manifest.root}: {line}", stacklevel=2)
     rows = np.arange(len(manifest))
     if report.duplicates is not None:
-        grouped = apply_duplicate_groups(manifest, report.duplicates, label_conflicts)
+        with warnings.catch_warnings():  # label conflicts were just reported
+            warnings.simplefilter("ignore")
+            grouped = apply_duplicate_groups(manifest, report.duplicates, label_conflicts)
+        if label_conflicts == "exclude" and report.duplicates.conflict_rows:
+            warnings.warn(f"{manifest.root}: excluded {len(report.duplicates.conflict_rows)} image(s) "
+                          "in label conflicts (label_conflicts=exclude)", stacklevel=2)
         if label_conflicts == "exclude":
             rows = np.setdiff1d(rows, report.duplicates.conflict_rows)
         manifest = grouped
