@@ -80,8 +80,10 @@ def read_dicom_grey(path: str | Path) -> np.ndarray:
         name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
         first = (str(err).splitlines() or [""])[0] or type(err).__name__
         raise DataError(f"{path}: cannot decode DICOM pixel data ({name}: {first})") from None
-    if array.ndim == 3 and array.shape[-1] not in (3, 4) and frames == 1:
-        array = array[0]  # a single frame stored with a frame axis
+    if array.ndim == 3 and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+        array = array[len(array) // 2]  # a frame axis left on a greyscale image: its middle frame
+    if array.ndim not in (2, 3):
+        raise DataError(f"{path}: DICOM pixel data has an unexpected shape {array.shape}")
     if photometric == "PALETTE COLOR":
         return to_uint8_grey(array)  # the LUT's own depth (8 or 16 bit)
     bits = int(ds.get("BitsStored", array.dtype.itemsize * 8) or 8)
