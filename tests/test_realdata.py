@@ -498,6 +498,7 @@ def test_check_reports_wrong_size_masks(busi_like):
 
 
 def test_cli_exits_non_zero_and_names_the_broken_image(class_folder, capsys):
+    assert detect_source(class_folder) == "folder"
     assert main(["check", str(class_folder)]) == 0
     good = capsys.readouterr().out
     assert "cyst" in good and "OK" in good
