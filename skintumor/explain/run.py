@@ -1,7 +1,8 @@
 """Explain a trained run's test fold: maps, overlays, galleries, agreement and faithfulness statistics.
 
 ``explain_run(run_dir)`` reads ``checkpoints/best.ckpt`` (tensors and plain data only), ``manifest.csv``
-and ``split.json``, decodes the test images exactly as training did (same size, same normalisation),
+and ``split.json``, decodes the test images exactly as training did (same size, same normalisation,
+the scan-area crop if the run used it),
 and writes into ``run_dir/explain/``:
 
     overlays/<k>_<name>.png   one figure per test image (image, every map, lesion outline, classes)
@@ -16,14 +17,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from skintumor.data.datamodule import decode_resized
+from skintumor.data.check import decode_manifest
+from skintumor.data.datamodule import decode_resized, resize_pair
 from skintumor.data.manifest import DataError, Manifest
 from skintumor.explain import agreement as agr
 from skintumor.explain.cam import METHODS, explain_batch
@@ -68,6 +72,21 @@ def load_test_fold(run_dir: Path) -> tuple[Manifest, list[int]]:
     return manifest, test_rows
 
 
+def decode_test_images(run_dir: Path, test: Manifest, image_size: int):
+    """Test images and masks decoded as training did: resized, and cropped to the scan area first
+    when the run's ``.hydra/config.yaml`` says ``data.crop: true``. Returns (images, masks)."""
+    config = run_dir / ".hydra" / "config.yaml"
+    crop = False
+    if config.is_file():
+        crop = bool(((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("crop", False))
+    if not crop:
+        return decode_resized(test, image_size)
+    decoded = decode_manifest(test, hashes=False, crop=True, transform=partial(resize_pair, size=image_size))
+    if decoded.errors:
+        raise DataError(decoded.errors[0] + (f" (and {len(decoded.errors) - 1} more)" if len(decoded.errors) > 1 else ""))
+    return decoded.images, decoded.masks
+
+
 def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings: ExplainSettings | None = None,
                 overwrite: bool = False, progress: bool = True) -> dict:
     """Explain ``run_dir``'s test fold into ``out_dir`` (default ``run_dir/explain``); returns agreement.json's content."""
@@ -85,7 +104,7 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
     if classes != manifest.classes:
         raise DataError(f"{run_dir / 'checkpoints/best.ckpt'}: classes {classes} differ from split.json's {manifest.classes}")
     test = manifest.subset(test_rows)
-    images, masks = decode_resized(test, int(hp.image_size))
+    images, masks = decode_test_images(run_dir, test, int(hp.image_size))
     methods = tuple(settings.methods)
     rng = np.random.default_rng(settings.seed)
     centre = agr.centre_map((int(hp.image_size),) * 2)
