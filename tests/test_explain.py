@@ -199,7 +199,7 @@ def masked_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "r"
     proc = subprocess.run([sys.executable, "-m", "skintumor.train", "data=csv", f"data.options.manifest={data}/manifest.csv",
                            "data.image_size=32", "data.n_folds=3", "data.batch_size=8", "trainer.max_epochs=1",
-                           "trainer.accelerator=cpu", "logger=csv", "callbacks.progress_bar=null",
+                           "data.dedup=false", "trainer.accelerator=cpu", "logger=csv", "callbacks.progress_bar=null",
                            f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
