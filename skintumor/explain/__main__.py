@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-layer", default="layer4", help="layer of the gradient CAMs (e.g. layer3)")
     parser.add_argument("--tolerance", type=int, default=None, help="pointing-game tolerance in px (default 15 px at 224)")
     parser.add_argument("--threshold", type=float, default=0.5, help="IoU threshold, share of the map's maximum")
-    parser.add_argument("--road-images", type=int, default=40, help="ROAD on the first N test images (0: off)")
+    parser.add_argument("--road-images", type=int, default=40, help="ROAD on N test images spread over the fold (0: off)")
     parser.add_argument("--road-percentiles", default=",".join(map(str, PERCENTILES)),
                         help="ROAD: keep these percentiles of pixels (removal share = 100 - p)")
     parser.add_argument("--gallery-method", default="gradcam", help="map shown in the per-class galleries")

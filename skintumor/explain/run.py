@@ -40,8 +40,8 @@ from skintumor.models.module import load_classifier
 class ExplainSettings:
     """methods: maps to compute (:data:`METHODS`); target: explain the "pred"icted or the "true" class;
     target_layer: layer of the gradient CAMs; tolerance: pointing-game px (None: 15 px at 224);
-    threshold: IoU threshold as a share of the map's maximum; road_images: ROAD on the first N test
-    images (0: none; ROAD costs a sparse solve per removal share); gallery_method: map shown in galleries."""
+    threshold: IoU threshold as a share of the map's maximum; road_images: ROAD on N test images
+    spread evenly over the fold (0: none; ROAD costs a sparse solve per image, map and removal share); gallery_method: map shown in galleries."""
 
     methods: tuple[str, ...] = METHODS
     target: str = "pred"
@@ -109,7 +109,10 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
     rng = np.random.default_rng(settings.seed)
     centre = agr.centre_map((int(hp.image_size),) * 2)
 
-    records, cases, road_done = [], [], 0
+    records, cases = [], []
+    # ROAD on images spread evenly over the test fold (it is sorted by class), not its first rows
+    road_set = set(np.unique(np.linspace(0, len(test) - 1, min(settings.road_images, len(test))).round().astype(int))
+                   if settings.road_images > 0 else [])
     out.mkdir(parents=True, exist_ok=True)
     columns = [TextColumn("[bold]explain[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
@@ -125,13 +128,13 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
             maps = explain_batch(classifier, x, targets, methods, settings.target_layer, rng)
             maps["centre"] = np.repeat(centre[None], len(idx), axis=0)
             road = {}
-            n_road = max(0, min(len(idx), settings.road_images - road_done))
-            if n_road:
+            chosen = [j for j, i in enumerate(idx) if i in road_set]
+            if chosen:
                 bar.update(task, description="test images (ROAD)")
                 for method in [m for m in maps if m != "centre"]:
-                    road[method] = road_scores(classifier, x[:n_road], maps[method][:n_road], targets[:n_road],
-                                               settings.road_percentiles, seed=settings.seed + start)
-                road_done += n_road
+                    scores = road_scores(classifier, x[chosen], maps[method][chosen], [targets[j] for j in chosen],
+                                         settings.road_percentiles, seed=settings.seed + start)
+                    road[method] = {j: {k: float(v[n]) for k, v in scores.items()} for n, j in enumerate(chosen)}
             for j, i in enumerate(idx):
                 row = test.table.iloc[i]
                 base = {"image": i, "row": test_rows[i], "path": row["path"], "label": row["label"],
@@ -141,8 +144,7 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
                 base |= {f: row[f] for f in agr.FINDING_REGIONS if f in test.table.columns}
                 for method, m in maps.items():
                     rec = base | {"method": method} | agr.image_metrics(m[j], masks[i], settings.tolerance, settings.threshold)
-                    if method in road and j < n_road:
-                        rec |= {k: float(v[j]) for k, v in road[method].items()}
+                    rec |= road.get(method, {}).get(j, {})
                     records.append(rec)
                 case = Case(Path(row["path"]).stem, images[i], {m: maps[m][j] for m in methods if m in maps},
                             masks[i], row["label"], base["pred"], {c: base[f"p_{c}"] for c in classes})
@@ -171,7 +173,7 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
         "classes": classes, "n_test": len(test), "n_with_mask": int(sum(m is not None and m.any() for m in masks)),
         "settings": {"methods": list(methods), "target": settings.target, "target_layer": settings.target_layer,
                      "tolerance_px": settings.tolerance if settings.tolerance is not None else agr.default_tolerance(int(hp.image_size)),
-                     "iou_threshold": settings.threshold, "centre_sigma": 0.25, "road_images": road_done,
+                     "iou_threshold": settings.threshold, "centre_sigma": 0.25, "road_images": len(road_set),
                      "road_percentiles": list(settings.road_percentiles), "seed": settings.seed},
         "accuracy": float((per_image.drop_duplicates("image")["pred"] == per_image.drop_duplicates("image")["label"]).mean()),
         "test_metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
@@ -227,17 +229,17 @@ def markdown_report(result: dict) -> str:
     if len(tests):
         for subset, frame in tests.groupby("subset", sort=False):
             lines += [f"## Agreement with the lesion: {subset} (n = {int(frame['n'].max())})", "",
-                      "| map | metric | map value | random | r vs random | p | centre | r vs centre | p |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| map | metric | n | map value | random | r vs random | p | centre | r vs centre | p |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for (method, metric), pair in frame.groupby(["method", "metric"], sort=False):
                 rnd = pair[pair["baseline"] == "random"].iloc[0]
                 ctr = pair[pair["baseline"] == "centre"].iloc[0]
-                lines.append(f"| {method} | {metric} | {_v(rnd['method_value'])} | {_v(rnd['baseline_value'])} | {_v(rnd['r'], 2)} | "
+                lines.append(f"| {method} | {metric} | {int(rnd['n'])} | {_v(rnd['method_value'])} | {_v(rnd['baseline_value'])} | {_v(rnd['r'], 2)} | "
                              f"{_p(rnd['p'])} | {_v(ctr['baseline_value'])} | {_v(ctr['r'], 2)} | {_p(ctr['p'])} |")
             lines.append("")
     faith = pd.DataFrame(result["faithfulness"])
     if len(faith):
-        lines += [f"## Faithfulness (ROAD, first {s['road_images']} test images, removal shares "
+        lines += [f"## Faithfulness (ROAD, {s['road_images']} test images spread over the fold, removal shares "
                   f"{', '.join(str(100 - p) for p in s['road_percentiles'])} %)", "",
                   "road = (LeRF - MoRF) / 2 of the target probability: higher means removing what the map marks "
                   "hurts the prediction more than removing what it leaves out. Medians; r, p: vs the random map.", "",
