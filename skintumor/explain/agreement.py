@@ -213,7 +213,7 @@ def findings_tests(per_image: pd.DataFrame, methods, findings=None, group: str =
         column = f"energy_{FINDING_REGIONS[finding]}"
         present = pd.to_numeric(per_image[finding], errors="coerce")
         for method in methods:
-            frame = per_image[(per_image["method"] == method) & present.notna()]
+            frame = per_image[(per_image["method"] == method) & present.notna() & per_image[column].notna()]
             flags = present[frame.index].astype(int)
             subsets = [("all", frame)] + [(str(k), g) for k, g in frame.groupby(group, sort=True)]
             for subset, part in subsets:
