@@ -1,0 +1,170 @@
+"""Augmentation: ops, presets, policy files, and (further down) the leak-free policy search."""
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+
+from skintumor.augment import DEFAULT_OPS, OPS, Policy, PolicyError, Step, build_augmentation, build_op, op_parameter
+from skintumor.augment import compose as compose_module
+from skintumor.augment.compose import Augmentation
+from skintumor.data.manifest import DataError
+
+
+def scan(size: int = 128, seed: int = 0) -> np.ndarray:
+    """A B-mode-like test image: bright blob, depth gradient, noise (HxW uint8)."""
+    yy, xx = np.mgrid[0:size, 0:size] * (128 / size)
+    blob = 100 * np.exp(-((xx - 30) ** 2 + (yy - 36) ** 2) / 150.0)
+    noise = np.random.default_rng(seed).normal(0, 8, (size, size))
+    return np.clip(60 + blob + 30 * yy / 128 + noise, 0, 255).astype(np.uint8)
+
+
+def change(name: str, magnitude: float, image: np.ndarray) -> float:
+    """Mean absolute grey-level change op ``name`` makes at ``magnitude`` (averaged over 4 seeds)."""
+    outs = [Augmentation([build_op(name, magnitude)], seed=s)(image=image)["image"] for s in range(4)]
+    return float(np.mean([np.abs(o.astype(float) - image).mean() for o in outs]))
+
+
+# --- ops --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [n for n, op in OPS.items() if op.low is not None])
+def test_op_parameter_grows_with_magnitude_and_stays_in_range(name):
+    op = OPS[name]
+    values = [op_parameter(name, m) for m in np.linspace(0, 1, 11)]
+    assert all(b > a for a, b in zip(values, values[1:]))
+    assert values[0] == pytest.approx(op.low) and values[-1] == pytest.approx(op.high)
+
+
+@pytest.mark.parametrize("name", [n for n, op in OPS.items() if op.low is not None and n != "color"])
+def test_op_effect_grows_with_magnitude(name):
+    image = scan()
+    assert change(name, 1.0, image) > change(name, 0.0, image)
+
+
+def test_color_is_a_no_op_on_greyscale_and_off_by_default():
+    image = scan(32)
+    assert change("color", 1.0, image) == 0.0
+    assert {"invert", "solarize", "posterize", "color"}.isdisjoint(DEFAULT_OPS)
+    assert {"speckle", "rotate", "hflip", "cutout"} <= set(DEFAULT_OPS)
+    assert "vflip" not in OPS  # depth has a direction
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_keeps_greyscale_shape_and_dtype(name):
+    image = scan(48)[:, :40]
+    for m in (0.0, 0.5, 1.0):
+        out = Augmentation([build_op(name, m)], seed=1)(image=image)["image"]
+        assert out.shape == image.shape and out.dtype == np.uint8
+
+
+def test_autocontrast_stretches_a_greyscale_image():
+    image = np.linspace(60, 120, 64 * 64).reshape(64, 64).astype(np.uint8)
+    out = Augmentation([build_op("autocontrast", 0.0)])(image=image)["image"]
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_bad_op_values_are_refused():
+    with pytest.raises(KeyError, match="unknown augmentation op 'vflip'"):
+        build_op("vflip", 0.5)
+    with pytest.raises(ValueError, match="magnitude"):
+        build_op("rotate", 1.5)
+    with pytest.raises(ValueError, match="p must"):
+        build_op("rotate", 0.5, p=-0.1)
+
+
+def test_ops_in_one_augmentation_draw_independently():
+    # albumentations' own Compose(seed=...) seeds every child alike, so two p=0.5 ops fire together
+    flags = []
+    image = np.zeros((8, 8), np.uint8)
+    image[:, :2] = 200  # left stripe: a flip moves it, an invert changes the background
+    t = Augmentation([build_op("hflip", 0, p=0.5), build_op("invert", 0, p=0.5)], seed=5)
+    for _ in range(200):
+        out = t(image=image)["image"]
+        flipped = out[0, -1] in (200, 55)
+        inverted = out[4, 4] == 255
+        flags.append((flipped, inverted))
+    flags = np.array(flags)
+    assert 60 < flags[:, 0].sum() < 140 and 60 < flags[:, 1].sum() < 140
+    together = (flags[:, 0] == flags[:, 1]).mean()
+    assert 0.3 < together < 0.7
+
+
+def test_same_seed_same_output_and_workers_get_their_own_stream(monkeypatch):
+    image = scan(64)
+    policy = Policy([[Step("rotate", 0.7, 0.5), Step("speckle", 0.7, 0.8)],
+                     [Step("cutout", 0.7, 0.5), Step("gamma", 0.7, 0.9)]])
+    run = lambda t: [t(image=image)["image"] for _ in range(6)]  # noqa: E731
+    a, b, c = run(policy.augmentation(seed=3)), run(policy.augmentation(seed=3)), run(policy.augmentation(seed=4))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    # two DataLoader workers (same seed, copied state) must not produce the same stream
+    streams = []
+    for worker_seed in (100, 101):
+        t = policy.augmentation(seed=3)
+        monkeypatch.setattr(compose_module, "get_worker_info", lambda s=worker_seed: types.SimpleNamespace(seed=s))
+        streams.append(run(t))
+    assert not all(np.array_equal(x, y) for x, y in zip(*streams))
+
+
+# --- presets and factory ------------------------------------------------------------------------
+
+def test_presets():
+    image = scan(64)
+    assert np.array_equal(build_augmentation("none")(image=image)["image"], image)
+    t = build_augmentation("default", seed=0)
+    outs = [t(image=image)["image"] for _ in range(10)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outs)
+    assert sum(not np.array_equal(o, image) for o in outs) >= 5
+    with pytest.raises(DataError, match="unknown augmentation 'fancy'"):
+        build_augmentation("fancy")
+    with pytest.raises(DataError, match="needs a policy file"):
+        build_augmentation("policy")
+
+
+# --- policy files ---------------------------------------------------------------------------------
+
+def example_policy() -> Policy:
+    return Policy([[Step("shear_x", 0.2, 0.3), Step("speckle", 0.9, 0.1)],
+                   [Step("hflip", 0.5, 0.0), Step("clahe", 0.4, 0.6)]], search={"fold": 0, "seed": 1})
+
+
+def test_policy_json_round_trip(tmp_path):
+    policy = example_policy()
+    path = policy.save(tmp_path / "p.json")
+    assert Policy.load(path) == policy
+    data = json.loads(path.read_text())
+    assert data["schema"] == 1 and data["ops_per_subpolicy"] == 2 and len(data["subpolicies"]) == 2
+    out = build_augmentation("policy", path=path, seed=0)(image=scan(32))["image"]
+    assert out.shape == (32, 32) and out.dtype == np.uint8
+    with pytest.raises(PolicyError, match="already exists"):
+        policy.save(path)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("{not json", "not valid JSON"),
+    ("[]", "top level must be a JSON object"),
+    ('{"schema": 2, "subpolicies": [[]]}', "schema 2 is not supported"),
+    ('{"schema": 1, "subpolicies": [[{"op": "vflip", "p": 0.5, "magnitude": 0.5},'
+     ' {"op": "rotate", "p": 0.5, "magnitude": 0.5}]]}', "step 0: unknown op 'vflip'"),
+    ('{"schema": 1, "subpolicies": [[{"op": "rotate", "p": 1.5, "magnitude": 0.5},'
+     ' {"op": "rotate", "p": 0.5, "magnitude": 0.5}]]}', "p must be a number in \\[0, 1\\]"),
+    ('{"schema": 1, "subpolicies": [[{"op": "rotate", "p": 0.5, "magnitude": 0.5}]]}',
+     "sub-policy 0 has 1 op\\(s\\), expected 2"),
+    ('{"schema": 1, "subpolicies": []}', "at least one sub-policy"),
+    ('{"schema": 1, "subpolicies": [[{"op": "rotate", "p": 0.5}]]}', "exactly op, p, magnitude"),
+    ('{"schema": 1, "subpolicy": []}', "unknown key\\(s\\) subpolicy"),
+])
+def test_bad_policy_file_gives_one_line_error_naming_the_file(tmp_path, text, problem):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=problem) as info:
+        build_augmentation("policy", path=path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, DataError)
+
+
+def test_missing_policy_file(tmp_path):
+    with pytest.raises(PolicyError, match="policy file not found"):
+        Policy.load(tmp_path / "nope.json")
