@@ -168,3 +168,80 @@ def test_bad_policy_file_gives_one_line_error_naming_the_file(tmp_path, text, pr
 def test_missing_policy_file(tmp_path):
     with pytest.raises(PolicyError, match="policy file not found"):
         Policy.load(tmp_path / "nope.json")
+
+
+# --- the search ------------------------------------------------------------------------------------
+
+def tiny_problem(n: int = 48, size: int = 32):
+    """Three classes that differ in brightness, two images per patient, plus a request log."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 3
+    groups = [f"p{i // 2}" for i in range(n)]
+    images = [(rng.random((size, size)) * 80 + 60 * labels[i]).astype(np.uint8) for i in range(n)]
+    requested: list[int] = []
+
+    def load(indices):
+        requested.extend(int(i) for i in indices)
+        return [images[i] for i in indices]
+
+    return labels, groups, load, requested
+
+
+def tiny_child(counts):
+    from torch import nn
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 2), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, len(counts)))
+    return model, nn.functional.cross_entropy
+
+
+def run_tiny_search(fold=0, **overrides):
+    from skintumor.augment.search import SearchSettings, search_policy
+    from skintumor.data.folds import PatientGroupedFolds
+    labels, groups, load, requested = tiny_problem()
+    folds = PatientGroupedFolds(labels, groups, n_splits=3, seed=0)
+    settings = SearchSettings(**(dict(n_inner=2, trials=3, top_n=2, child_epochs=1, seed=7) | overrides))
+    policy, results = search_policy(load, labels, folds, fold, tiny_child, settings, progress=False)
+    return policy, results, folds, requested
+
+
+def test_tiny_search_writes_a_valid_policy_from_the_training_part_only(tmp_path):
+    policy, results, folds, requested = run_tiny_search(fold=1)
+    path = policy.save(tmp_path / "policy_fold1.json")
+    loaded = Policy.load(path)
+    assert len(loaded) == 2 * 2 * 5  # inner folds x top_n x sub-policies per candidate
+    assert loaded.search["fold"] == 1 and len(loaded.search["inner_folds"]) == 2
+    for inner in loaded.search["inner_folds"]:
+        assert inner["train_groups"] > 0 and inner["val_groups"] > 0 and len(inner["top"]) == 2
+        scores = [s for _, s in inner["top"]]
+        assert scores == sorted(scores, reverse=True)
+    test = set(folds.test_indices(1).tolist())
+    assert requested and not test & set(requested)
+    assert set(requested) == set(folds.train_part(1).tolist())
+    out = loaded.augmentation(seed=0)(image=np.zeros((32, 32), np.uint8))["image"]
+    assert out.shape == (32, 32)
+
+
+def test_search_is_reproducible_by_seed():
+    a, *_ = run_tiny_search(seed=3)
+    b, *_ = run_tiny_search(seed=3)
+    c, *_ = run_tiny_search(seed=4)
+    assert a.subpolicies == b.subpolicies
+    assert a.subpolicies != c.subpolicies
+
+
+def test_search_resumes_from_sqlite_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    first, *_ = run_tiny_search(storage=storage)
+    again, results, *_ = run_tiny_search(storage=storage)  # all trials done: nothing new is run
+    assert [r.trials_done for r in results] == [3, 3]
+    assert first.subpolicies == again.subpolicies
+    more, results, *_ = run_tiny_search(storage=storage, trials=4)
+    assert [r.trials_done for r in results] == [4, 4]
+
+
+def test_search_settings_refuse_nonsense():
+    from skintumor.augment.search import SearchSettings
+    with pytest.raises(ValueError, match="unknown op"):
+        SearchSettings(ops=("rotate", "vflip"))
+    with pytest.raises(ValueError, match="objective"):
+        SearchSettings(objective="loss")
