@@ -245,3 +245,14 @@ def test_search_settings_refuse_nonsense():
         SearchSettings(ops=("rotate", "vflip"))
     with pytest.raises(ValueError, match="objective"):
         SearchSettings(objective="loss")
+
+
+def test_unseeded_augmentation_follows_torch_seed():
+    import torch
+    image = scan(32)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(11)  # what lightning.seed_everything does
+        t = build_augmentation("default")
+        outs.append([t(image=image)["image"] for _ in range(5)])
+    assert all(np.array_equal(a, b) for a, b in zip(*outs))

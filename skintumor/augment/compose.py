@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import albumentations as A
 import numpy as np
+import torch
 from torch.utils.data import get_worker_info
 
 
@@ -19,7 +20,8 @@ class Augmentation:
 
     Args:
         transforms: albumentations transforms, applied in order.
-        seed: the same seed gives the same sequence of outputs; None draws fresh entropy.
+        seed: the same seed gives the same sequence of outputs; None draws one from torch's global
+            generator, so ``lightning.seed_everything`` makes training runs reproducible.
         name: what this augmentation is, for logs and ``repr``.
 
     In a DataLoader worker the stream is re-seeded from ``(seed, torch's worker seed)``, so workers
@@ -31,10 +33,10 @@ class Augmentation:
         self.seed = seed
         self.name = name
         self._stream: tuple | None = None
-        self._reseed(() if seed is None else (seed,))
+        self._reseed((int(torch.randint(2**62, ())),) if seed is None else (seed,))
 
     def _reseed(self, entropy: tuple) -> None:
-        rng = np.random.default_rng(list(entropy) if entropy else None)
+        rng = np.random.default_rng(list(entropy))
         self.compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         self._stream = entropy
 

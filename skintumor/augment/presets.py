@@ -18,15 +18,17 @@ def none(seed: int | None = None) -> Augmentation:
 
 
 def default(seed: int | None = None) -> Augmentation:
-    """Flip (p 0.5), affine (p 0.5: +-5 % shift, 0.9-1.1 scale, +-10 deg), brightness/contrast +-15 %
+    """Flip (p 0.5), affine (p 0.7: +-6 % shift, 0.9-1.1 scale, +-10 deg), brightness/contrast +-15 %
     (p 0.5), speckle x[0.9, 1.1] (p 0.3)."""
     return Augmentation([
         A.HorizontalFlip(p=0.5),
-        A.Affine(translate_percent=(-0.05, 0.05), scale=(0.9, 1.1), rotate=(-10, 10),
-                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
+        A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-10, 10),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
         A.MultiplicativeNoise(multiplier=(0.9, 1.1), elementwise=True, p=0.3),
     ], seed=seed, name="default")
 
+
+default_augmentation = default  # the name the training pipeline first used
 
 PRESETS = {"none": none, "default": default}
