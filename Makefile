@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: help install train test test-slow clean
+.PHONY: help install train search test test-slow clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ install: $(STAMP)  ## create .venv and install the project (done by every target
 
 train: $(STAMP)  ## train on the embedded phantom (extra Hydra overrides: make train ARGS="model=resnet18")
 	$(PY) -m skintumor.train $(ARGS)
+
+search: $(STAMP)  ## learn an augmentation policy for one outer fold (make search ARGS="data.fold=1")
+	$(PY) -m skintumor.search $(ARGS)
 
 test: $(STAMP)  ## the default test suite (a few minutes on 2 CPU cores)
 	$(PY) -m pytest -q $(ARGS)

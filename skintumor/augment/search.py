@@ -58,6 +58,7 @@ class SearchSettings:
     storage: str | None = None        # e.g. "sqlite:///search.db": an interrupted search resumes
     mean: float = 0.449               # the data module's normalisation of [0, 1] images
     std: float = 0.226
+    device: str = "cpu"               # where the child trains and scores: cpu | cuda | auto
 
     def __post_init__(self) -> None:
         self.ops = tuple(self.ops)
@@ -66,6 +67,8 @@ class SearchSettings:
             raise ValueError(f"unknown op(s) in the search space: {', '.join(unknown)} (known: {', '.join(OPS)})")
         if self.objective not in ("loglik", "accuracy"):
             raise ValueError(f"objective must be 'loglik' or 'accuracy', got {self.objective!r}")
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.top_n > self.trials:
             raise ValueError(f"top_n ({self.top_n}) cannot exceed trials ({self.trials})")
 
@@ -98,6 +101,7 @@ def train_child(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, epo
                 batch_size: int, seed: int) -> nn.Module:
     """A short plain Adam loop on clean images; returns the model in eval mode."""
     generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
@@ -106,7 +110,7 @@ def train_child(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, epo
             batch = order[start:start + batch_size]
             if len(batch) < 2:  # BatchNorm cannot train on one image
                 continue
-            loss = loss_fn(model(x[batch]), y[batch])
+            loss = loss_fn(model(x[batch].to(device)), y[batch].to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -117,8 +121,9 @@ def train_child(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, epo
 def sample_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-image log-likelihood of the true class and correctness: two arrays of shape (N,)."""
     loglik, correct = [], []
+    device = next(model.parameters()).device
     for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size]).float()
+        logits = model(x[start:start + batch_size].to(device)).float().cpu()
         logp = torch.log_softmax(logits, dim=1)
         target = y[start:start + batch_size]
         loglik.append(logp.gather(1, target[:, None])[:, 0])
@@ -209,6 +214,9 @@ def search_policy(load_images: ImageLoader, labels: Sequence[int], folds: Patien
             torch.manual_seed(seed)
             t0 = time.perf_counter()
             model, loss_fn = make_child(np.bincount(labels[train_idx], minlength=labels.max() + 1).tolist())
+            model.to(settings.device)
+            if hasattr(loss_fn, "to"):
+                loss_fn.to(settings.device)
             x_train = normalise([images[i] for i in train_idx], settings.mean, settings.std)
             train_child(model, loss_fn, x_train, torch.as_tensor(labels[train_idx]), settings.child_epochs,
                         settings.child_lr, settings.batch_size, seed)
