@@ -105,7 +105,8 @@ def main() -> None:
             seconds, cpu = run("skintumor.train", common + args.train + [f"augment={augment}", *extra, "logger=csv",
                                                                      f"hydra.run.dir={run_dir}"],
                                out / f"{augment}_fold{fold}.log")
-            metrics = json.loads((run_dir / "metrics_test.json").read_text())
+            metrics_file = run_dir / "metrics_test.json"  # absent with test=false (cost-only runs)
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
             results.append({"fold": fold, "augment": augment, "seconds": round(seconds, 1), "cpu": round(cpu, 1),
                             **{m: metrics.get(m) for m in METRICS}})
             results_path.write_text(json.dumps(results, indent=1))
