@@ -283,3 +283,23 @@ def test_search_cli_writes_a_policy_training_can_use(tiny_folder, tmp_path):
         cfg = compose(config_name="train", overrides=["augment=policy", f"augment.path={run_dir}/policy_fold2.json"])
     out = build_augmentation(**cfg.augment)(image=np.zeros((32, 32), np.uint8))["image"]
     assert out.shape == (32, 32)
+
+
+def test_search_config_composes_with_the_training_groups():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from skintumor.augment.search import SearchSettings
+    conf = REPO / "conf"
+    options = [f"{group}={p.stem}" for group in ("data", "experiment", "debug")
+               for p in sorted(Path(conf / group).glob("*.yaml")) if not p.stem.startswith("_")]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for option in options:
+            cfg = compose(config_name="search", overrides=[option, "data.root=/tmp"])
+            assert cfg.model._target_.endswith("SkinTumorClassifier") and cfg.data.source
+            settings = dict(cfg.search) | {"ops": cfg.search.ops or DEFAULT_OPS}
+            assert SearchSettings(**settings).trials == 100  # the study's protocol by default
+        paper = compose(config_name="search", overrides=["experiment=paper"])
+    assert (paper.search.n_inner, paper.search.top_n, paper.search.ops_per_subpolicy) == (4, 5, 2)
