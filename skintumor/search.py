@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from skintumor.augment.ops import DEFAULT_OPS
 from skintumor.augment.policy import PolicyError
 from skintumor.augment.search import SearchSettings, search_policy
 from skintumor.data.datamodule import decode_resized
@@ -59,7 +58,6 @@ def run_search(cfg: DictConfig) -> Path:
         return module, module.criterion
 
     options = OmegaConf.to_container(cfg.search, resolve=True)
-    options["ops"] = options.get("ops") or DEFAULT_OPS
     try:
         settings = SearchSettings(**options, seed=cfg.seed, mean=cfg.data.mean, std=cfg.data.std)
     except (TypeError, ValueError) as err:

@@ -299,7 +299,7 @@ def test_search_config_composes_with_the_training_groups():
         for option in options:
             cfg = compose(config_name="search", overrides=[option, "data.root=/tmp"])
             assert cfg.model._target_.endswith("SkinTumorClassifier") and cfg.data.source
-            settings = dict(cfg.search) | {"ops": cfg.search.ops or DEFAULT_OPS}
-            assert SearchSettings(**settings).trials == 100  # the study's protocol by default
+            settings = SearchSettings(**cfg.search)
+            assert settings.trials == 100 and settings.ops == DEFAULT_OPS  # the study's protocol by default
         paper = compose(config_name="search", overrides=["experiment=paper"])
     assert (paper.search.n_inner, paper.search.top_n, paper.search.ops_per_subpolicy) == (4, 5, 2)

@@ -46,7 +46,7 @@ class SearchSettings:
     subpolicies: int = 5              # sub-policies per candidate policy (FAA's num_policy)
     ops_per_subpolicy: int = 2        # (study: 2)
     top_n: int = 5                    # candidates kept per inner fold (study: 5)
-    ops: tuple[str, ...] = DEFAULT_OPS
+    ops: tuple[str, ...] | None = DEFAULT_OPS  # None: every B-mode-safe op
     objective: str = "loglik"         # loglik | accuracy
     child_epochs: int = 5
     child_lr: float = 1e-3
@@ -61,7 +61,7 @@ class SearchSettings:
     device: str = "cpu"               # where the child trains and scores: cpu | cuda | auto
 
     def __post_init__(self) -> None:
-        self.ops = tuple(self.ops)
+        self.ops = tuple(self.ops) if self.ops else DEFAULT_OPS
         unknown = [op for op in self.ops if op not in OPS]
         if unknown:
             raise ValueError(f"unknown op(s) in the search space: {', '.join(unknown)} (known: {', '.join(OPS)})")
