@@ -48,7 +48,7 @@ class SearchSettings:
     top_n: int = 5                    # candidates kept per inner fold (study: 5)
     ops: tuple[str, ...] | None = DEFAULT_OPS  # None: every B-mode-safe op
     objective: str = "loglik"         # loglik | accuracy
-    child_epochs: int = 5
+    child_epochs: int = 4             # short: keeps the search cheaper than the final training
     child_lr: float = 1e-3
     batch_size: int = 32
     eval_batch_size: int = 128
