@@ -241,6 +241,11 @@ def search_policy(load_images: ImageLoader, labels: Sequence[int], folds: Patien
                 trials_done=len(study.trials),
                 pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
                 child_seconds=t1 - t0, trial_seconds=time.perf_counter() - t1))
+            r = results[-1]
+            if progress:  # one line per inner fold, also readable in a batch job's log
+                bar.console.log(f"fold {fold} inner {j}: child {r.child_seconds:.0f} s, clean {r.clean_score:.3f}; "
+                                f"{r.trials_done} trials ({r.pruned} pruned) {r.trial_seconds:.0f} s, "
+                                f"best {r.top[0][1] if r.top else float('nan'):.3f}")
 
     provenance = {
         "method": "Fast AutoAugment density matching (skintumor.augment.search)",
