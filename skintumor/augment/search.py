@@ -8,8 +8,11 @@ Protocol, for outer fold ``k``:
 3. Density matching: a candidate policy is good if the child, trained on clean images, still finds
    the inner validation images likely after the policy has augmented them. Score = mean
    log-likelihood of the true class, ``log_softmax(logits)[y]`` (softmax once), or accuracy.
-4. Optuna's multivariate TPE (seeded) proposes ``trials`` candidate policies per inner fold; a median
-   pruner stops candidates that are already worse than the median after part of the validation set.
+4. Optuna's multivariate TPE (seeded) proposes ``trials`` candidate policies per inner fold. The
+   validation images are scored in chunks (a fixed shuffled order); a candidate whose running score is
+   not among the best ``prune_percentile`` % of earlier candidates at the same point is stopped
+   (optuna's PercentilePruner): it could not have made the top ``top_n`` anyway, and most of a
+   search's cost is scoring.
 5. Keep the ``top_n`` candidates per inner fold and merge their sub-policies into one policy.
 
 Images are decoded once (only the fold's training part) and augmented in memory per trial; the
@@ -48,12 +51,13 @@ class SearchSettings:
     top_n: int = 5                    # candidates kept per inner fold (study: 5)
     ops: tuple[str, ...] | None = DEFAULT_OPS  # None: every B-mode-safe op
     objective: str = "loglik"         # loglik | accuracy
-    child_epochs: int = 4             # short: keeps the search cheaper than the final training
+    child_epochs: int = 3             # short: keeps the search cheaper than the final training
     child_lr: float = 1e-3
     batch_size: int = 32
     eval_batch_size: int = 128
-    prune: bool = True                # median pruning over validation chunks
-    eval_chunks: int = 4
+    prune: bool = True                # stop hopeless candidates early (PercentilePruner)
+    prune_percentile: float = 25.0    # keep a candidate while it is in the best 25 % at each chunk
+    eval_chunks: int = 8              # validation scored in this many chunks (pruning points)
     seed: int = 0
     storage: str | None = None        # e.g. "sqlite:///search.db": an interrupted search resumes
     mean: float = 0.449               # the data module's normalisation of [0, 1] images
@@ -154,7 +158,8 @@ def search_inner_fold(model: nn.Module, val_images: Sequence[np.ndarray], val_la
                       on_trial: Callable[[], None] | None = None) -> optuna.Study:
     """Run TPE trials that score candidate policies on the augmented validation images."""
     y = torch.as_tensor(val_labels, dtype=torch.long)
-    chunks = np.array_split(np.arange(len(y)), max(1, min(settings.eval_chunks, len(y))))
+    order = np.random.default_rng(seed).permutation(len(y))  # every chunk a fair sample of classes
+    chunks = np.array_split(order, max(1, min(settings.eval_chunks, len(y))))
     column = 0 if settings.objective == "loglik" else 1
 
     def objective(trial: optuna.Trial) -> float:
@@ -171,8 +176,8 @@ def search_inner_fold(model: nn.Module, val_images: Sequence[np.ndarray], val_la
         return score
 
     sampler = optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=min(10, settings.trials))
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=min(10, settings.trials), n_warmup_steps=0)
-              if settings.prune else optuna.pruners.NopPruner())
+    pruner = (optuna.pruners.PercentilePruner(settings.prune_percentile, n_startup_trials=min(10, settings.trials),
+                                              n_warmup_steps=0) if settings.prune else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=study_name, storage=settings.storage, sampler=sampler, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
