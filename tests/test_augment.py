@@ -258,29 +258,36 @@ def test_unseeded_augmentation_follows_torch_seed():
 
 # --- the command line ------------------------------------------------------------------------------
 
+SEARCH_ARGS = ("data=folder", "data.image_size=32", "data.n_folds=3", "data.fold=2", "search.n_inner=2",
+               "search.trials=3", "search.top_n=1", "search.child_epochs=1", "search.batch_size=8")
+
+
+def _check_policy_for_training(path):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    policy = Policy.load(path)
+    assert len(policy) == 2 * 1 * 5 and policy.search["fold"] == 2 and policy.search["image_size"] == 32
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["augment=policy", f"augment.path={path}"])
+    out = build_augmentation(**cfg.augment)(image=np.zeros((32, 32), np.uint8))["image"]
+    assert out.shape == (32, 32)
+
+
 def test_search_cli_writes_a_policy_training_can_use(tiny_folder, tmp_path):
     import subprocess
     import sys
-
-    from hydra import compose, initialize_config_dir
 
     from conftest import REPO, snapshot
     before = snapshot(tiny_folder)
     run_dir = tmp_path / "search"
     proc = subprocess.run(
-        [sys.executable, "-m", "skintumor.search", "data=folder", f"data.root={tiny_folder}",
-         f"data.options.patients_csv={tiny_folder}/patients.csv", "data.image_size=32", "data.n_folds=3",
-         "data.fold=2", "search.n_inner=2", "search.trials=3", "search.top_n=1", "search.child_epochs=1",
-         "search.batch_size=8", f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "skintumor.search", *SEARCH_ARGS, f"data.root={tiny_folder}",
+         f"data.options.patients_csv={tiny_folder}/patients.csv", f"hydra.run.dir={run_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    policy = Policy.load(run_dir / "policy_fold2.json")
-    assert len(policy) == 2 * 1 * 5 and policy.search["fold"] == 2 and policy.search["image_size"] == 32
     assert snapshot(tiny_folder) == before  # the user's folder is only read
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["augment=policy", f"augment.path={run_dir}/policy_fold2.json"])
-    out = build_augmentation(**cfg.augment)(image=np.zeros((32, 32), np.uint8))["image"]
-    assert out.shape == (32, 32)
+    _check_policy_for_training(run_dir / "policy_fold2.json")
 
 
 def test_search_config_composes_with_the_training_groups():
