@@ -368,7 +368,7 @@ def tissue_maps(anatomy: Anatomy, lesion: Lesion, view: View, n: int) -> TissueM
     echo = np.where(in_muscle, fibres, echo)
     # specular interfaces: skin entry echo and the fascia
     line_w = max(0.6 * px_mm, 0.03)
-    specular += 6.0 * np.exp(-0.5 * (Z / line_w) ** 2)
+    specular += 4.0 * np.exp(-0.5 * (Z / line_w) ** 2)
     specular += 2.5 * np.exp(-0.5 * ((Z - fas_g) / line_w) ** 2)
     echo += 1.2 * np.exp(-0.5 * ((Z - fas_g) / max(0.15, px_mm)) ** 2)
     alpha_without = alpha.copy()
@@ -429,13 +429,17 @@ def tissue_maps(anatomy: Anatomy, lesion: Lesion, view: View, n: int) -> TissueM
 def psf_kernels(scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Separable RF point-spread function in pixels: (axial, lateral) 1-D kernels.
 
-    Axial: Gaussian-modulated cosine (period 4 px, sigma 1.6 px); lateral: Gaussian (sigma 2 px).
-    The band stays clear of 0 and Nyquist, so the Hilbert envelope is a proper one.
+    Axial: Gaussian-modulated cosine (period 4 px, sigma 2.4 px) with zero mean; lateral: Gaussian
+    (sigma 2.8 px). The band stays clear of 0 and Nyquist (< -55 dB there), so the Hilbert envelope
+    has no ringing tails even below strong reflectors.
     """
-    sigma_z, sigma_x, period = 1.6 * scale, 2.0 * scale, 4.0 * scale
+    sigma_z, sigma_x, period = 2.4 * scale, 2.8 * scale, 4.0 * scale
     tz = np.arange(-int(np.ceil(4 * sigma_z)), int(np.ceil(4 * sigma_z)) + 1)
     tx = np.arange(-int(np.ceil(3 * sigma_x)), int(np.ceil(3 * sigma_x)) + 1)
-    axial = np.exp(-0.5 * (tz / sigma_z) ** 2) * np.cos(2 * np.pi * tz / period)
+    gauss = np.exp(-0.5 * (tz / sigma_z) ** 2)
+    carrier = np.cos(2 * np.pi * tz / period)
+    # remove the small DC response a short pulse has, so smooth reflectors give no RF (a real transducer has none)
+    axial = gauss * (carrier - np.sum(gauss * carrier) / np.sum(gauss))
     lateral = np.exp(-0.5 * (tx / sigma_x) ** 2)
     return axial, lateral
 
@@ -461,10 +465,12 @@ def speckle_envelope(amplitude: np.ndarray, rng: np.random.Generator, specular: 
         scatterers = scatterers + specular
     if noise:
         scatterers = scatterers + noise * rng.standard_normal(amplitude.shape)
-    rf = ndimage.convolve1d(scatterers, axial, axis=0, mode="constant")
+    # pad along depth: a reflector at the top row keeps its whole pulse (a cut pulse would ring
+    # through the Hilbert transform), and the FFT's wrap-around stays away from the image
+    pad = len(axial)
+    rf = ndimage.convolve1d(np.pad(scatterers, ((pad, pad), (0, 0))), axial, axis=0, mode="constant")
     rf = ndimage.convolve1d(rf, lateral, axis=1, mode="nearest")
-    pad = len(axial)  # keeps the FFT's wrap-around away from the image
-    analytic = signal.hilbert(np.pad(rf, ((pad, pad), (0, 0))), axis=0)[pad:-pad]
+    analytic = signal.hilbert(rf, axis=0)[pad:-pad]
     norm = np.sqrt(2 * np.sum(axial ** 2) * np.sum(lateral ** 2))
     return np.abs(analytic) / norm
 
