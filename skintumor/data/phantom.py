@@ -49,8 +49,8 @@ PHANTOM_VERSION = 1  # bump when the images change: it is part of the cache key
 MARKER = "phantom.json"  # marks a folder as phantom output (the CLI only overwrites such folders)
 
 # attenuation (one-way amplitude, Np/mm) of the tissues; round trip doubles it
-ALPHA_DERMIS, ALPHA_FAT, ALPHA_MUSCLE = 0.085, 0.06, 0.08
-ALPHA_REF = 0.07  # what the time-gain compensation assumes
+ALPHA_DERMIS, ALPHA_FAT, ALPHA_MUSCLE = 0.11, 0.09, 0.11
+ALPHA_REF = 0.09  # what the time-gain compensation assumes; times tgc_fraction < 1 it stays below every tissue's
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def _patient_scene(plan: ViewPlan) -> tuple[Anatomy, Lesion]:
         scale = rng.uniform(0.35, 0.55)
         a, b = a * scale, b * scale
     if label == "cyst":
-        z = top_dermis + rng.uniform(-0.3, 0.8) * b
+        z = top_dermis + rng.uniform(-0.5, 1.3) * b
     elif label == "lipoma":
         z = top_dermis + rng.uniform(0.4, 2.5) + b
     else:
@@ -204,7 +204,7 @@ def _patient_scene(plan: ViewPlan) -> tuple[Anatomy, Lesion]:
     if label == "cyst":
         typical = variant == "typical"
         echo = rng.uniform(0.02, 0.08) if typical else rng.uniform(0.12, 0.4)
-        alpha = rng.uniform(0.0, 0.01) if typical else rng.uniform(0.06, 0.09)
+        alpha = rng.uniform(0.0, 0.01) if typical else ALPHA_FAT * rng.uniform(0.9, 1.2)
         punctum = bool(rng.random() < 0.4)
         edge_shadows = typical and bool(rng.random() < 0.85)
     elif label == "lipoma":
@@ -216,15 +216,15 @@ def _patient_scene(plan: ViewPlan) -> tuple[Anatomy, Lesion]:
         striations = np.column_stack([v, start, np.minimum(start + rng.uniform(0.4, 1.2, n_lines), 0.9),
                                       rng.normal(0, 0.15, n_lines), rng.uniform(2.0, 4.5, n_lines) * anatomy.fat_echo])
     else:
-        echo = anatomy.fat_echo * rng.uniform(1.5, 5.0)
-        alpha = ALPHA_FAT * rng.uniform(1.0, 1.3)
+        echo = anatomy.dermis_echo * rng.uniform(0.8, 2.2)
+        alpha = ALPHA_FAT * rng.uniform(0.95, 1.15)
         rim = bool(rng.random() < (0.9 if variant == "typical" else 0.7))
         if variant == "typical":
-            n_foci = rng.integers(3, 14)
-            centre = rng.uniform(-0.3, 0.3, 2)
-            uv = centre + rng.normal(0, 0.3, (n_foci, 2))
+            n_foci = rng.integers(4, 15)
+            centre = rng.uniform(-0.25, 0.25, 2)
+            uv = centre + rng.normal(0, 0.35, (n_foci, 2))
             uv *= np.minimum(1.0, 0.65 / np.maximum(np.hypot(uv[:, 0], uv[:, 1]), 1e-6))[:, None]
-            foci = np.column_stack([uv, rng.uniform(0.15, 0.5, n_foci)])
+            foci = np.column_stack([uv, rng.uniform(0.2, 0.6, n_foci)])
     lesion = Lesion(label, variant, a, b, z, rng.normal(0, 0.08), harmonics, echo, alpha, texture, debris,
                     foci, striations, punctum, rng.uniform(-0.4, 0.4), rim, edge_shadows)
     return anatomy, lesion
@@ -268,7 +268,7 @@ def _view_params(plan: ViewPlan, anatomy: Anatomy, lesion: Lesion, p_annotated: 
     return View(width=width, depth=depth, gel=gel, compression=compression, tilt=tilt,
                 slope=np.tan(tilt) * rng.uniform(0.2, 0.6), cross_section=cross, x_left=-centre,
                 gain_db=rng.uniform(-7, 7), dynamic_range_db=rng.uniform(42, 62),
-                tgc_fraction=rng.uniform(0.5, 0.95), noise=10 ** rng.uniform(-2.6, -1.8),
+                tgc_fraction=rng.uniform(0.5, 0.9), noise=10 ** rng.uniform(-2.6, -1.8),
                 annotate_text=bool(rng.random() < p_annotated),
                 annotate_calipers=bool(rng.random() < p_annotated) and half < 0.45 * width)
 

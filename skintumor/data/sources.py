@@ -91,9 +91,16 @@ def csv_manifest(root: str | Path | None = None, manifest: str | Path | None = N
     return result
 
 
+def _phantom(root="outputs/phantom", **options) -> Manifest:
+    from skintumor.data.phantom import phantom_manifest  # imported on use: keeps `import sources` light
+
+    return phantom_manifest(root, **options)
+
+
 SOURCES: dict[str, Callable[..., Manifest]] = {
     "folder": folder_manifest,
     "csv": csv_manifest,
+    "phantom": _phantom,
 }
 
 
