@@ -187,3 +187,12 @@ def test_cli_refuses_a_foreign_folder_and_rewrites_its_own(tmp_path, capsys):
     assert phantom.main(["--out", str(out), *args]) == 0  # its own output may be regenerated
     assert (out / "manifest.csv").read_bytes() == first
     assert len(list((out / "images").iterdir())) == 3
+
+
+def test_cli_figure_only_writes_a_png_and_no_data(tmp_path):
+    figure = tmp_path / "examples.png"
+    args = ["--n-patients", "2", "1", "1", "--n-images", "5", "--image-size", "64"]
+    assert phantom.main(["--figure-only", "--figure", str(figure), *args]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["examples.png"]
+    assert read_greyscale(figure).shape[0] > 100
+    assert phantom.main(["--figure-only", "--figure", str(figure), *args]) == 2  # never overwrites a file

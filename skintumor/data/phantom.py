@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -724,15 +725,18 @@ def plot_examples(images: list[tuple[str, np.ndarray, np.ndarray, str]], path: s
             _, image, mask, caption = chosen[c]
             ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             if mask.any():
-                ax.contour(mask.astype(float), levels=[0.5], colors=["#ff9f1c"], linewidths=0.8)
+                ax.contour(mask.astype(float), levels=[0.5], colors=["#ff2d2d"], linewidths=0.9)
             ax.set_title(caption, fontsize=6.5)
             if c == 0:
                 ax.text(-0.08, 0.5, label, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
     fig.tight_layout(pad=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format="png")
     plt.close(fig)
+    # a 64-colour palette keeps the speckle figure small enough to commit (greys + the outline colour)
+    Image.open(buffer).convert("RGB").quantize(colors=64, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
     return path
 
 
@@ -763,8 +767,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "(PNG images, lesion masks, manifest.csv with findings).")
     parser.add_argument("--out", type=Path, help="output folder (must be empty or earlier phantom output)")
     parser.add_argument("--n-patients", type=int, nargs=3, default=[149, 74, 32], metavar=("CYST", "LIPOMA", "PILO"))
-    parser.add_argument("--n-images", type=int, default=698)
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--n-images", type=int, default=698, help="images in all (1..5 views per patient)")
+    parser.add_argument("--image-size", type=int, default=256, help="square images, pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--p-cyst-no-enhancement", type=float, default=0.15)
     parser.add_argument("--p-pilomatricoma-no-calcification", type=float, default=0.2)
