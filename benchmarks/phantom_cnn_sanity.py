@@ -60,6 +60,7 @@ def main() -> None:
     weights = torch.tensor(len(y) / (3 * np.bincount(y[split.train])), dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=args.epochs)
     best, best_state = -1.0, None
     yt = torch.tensor(y)
     start = time.perf_counter()
@@ -74,6 +75,7 @@ def main() -> None:
             optimiser.zero_grad()
             loss_fn(model(xb), yt[idx]).backward()
             optimiser.step()
+        schedule.step()
         val = balanced_accuracy_score(y[split.val], predict(model, x[split.val]))
         print(f"epoch {epoch + 1}: val balanced accuracy {val:.3f} ({time.perf_counter() - start:.0f} s)")
         if val > best:

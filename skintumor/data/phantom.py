@@ -158,6 +158,7 @@ class Lesion:
     punctum_u: float
     rim: bool
     edge_shadows: bool
+    capsule_phase: float  # where a lipoma's partial capsule is visible
 
 
 def _patient_scene(plan: ViewPlan) -> tuple[Anatomy, Lesion]:
@@ -227,7 +228,7 @@ def _patient_scene(plan: ViewPlan) -> tuple[Anatomy, Lesion]:
             uv *= np.minimum(1.0, 0.65 / np.maximum(np.hypot(uv[:, 0], uv[:, 1]), 1e-6))[:, None]
             foci = np.column_stack([uv, rng.uniform(0.2, 0.6, n_foci)])
     lesion = Lesion(label, variant, a, b, z, rng.normal(0, 0.08), harmonics, echo, alpha, texture, debris,
-                    foci, striations, punctum, rng.uniform(-0.4, 0.4), rim, edge_shadows)
+                    foci, striations, punctum, rng.uniform(-0.4, 0.4), rim, edge_shadows, rng.uniform(0, 2 * np.pi))
     return anatomy, lesion
 
 
@@ -405,7 +406,7 @@ def tissue_maps(anatomy: Anatomy, lesion: Lesion, view: View, n: int) -> TissueM
             inner = inner + amp * np.exp(-0.5 * (dist / max(0.1, px_mm)) ** 2) * seg
         echo = blend * inner + (1 - blend) * echo
         alpha = np.where(inside, lesion.alpha, alpha)
-        capsule = np.exp(-0.5 * ((rho - 1) * b / max(0.08, px_mm)) ** 2) * (np.cos(2 * phi + lesion.punctum_u * 5) > 0.3)
+        capsule = np.exp(-0.5 * ((rho - 1) * b / max(0.08, px_mm)) ** 2) * (np.cos(2 * phi + lesion.capsule_phase) > 0.3)
         echo += 0.4 * anatomy.fat_echo * capsule
     else:
         inner = lesion.echo * np.exp(0.6 * texture)  # heterogeneous, mostly hyperechoic
