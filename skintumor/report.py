@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                                       seed=args.seed, n_bins=args.bins, console=console)
             console.print(f"wrote {result['out_dir']}/comparison.md, comparison.html, comparison.json")
     except DataError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
         return 2
     return 0
 

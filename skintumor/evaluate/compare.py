@@ -231,7 +231,7 @@ def print_comparison(result: dict, console=None) -> None:
 
     console = console or Console()
     for note in result["notes"]:
-        console.print(f"[bold red]NOTE:[/] {note}")
+        console.print(f"[bold red]NOTE:[/] {note}", soft_wrap=True)
     for level in LEVELS:
         table = Table(title=f"{result['name_a']} (A) vs {result['name_b']} (B), {level} level, "
                             f"folds {', '.join(map(str, result['folds']))}")

@@ -430,9 +430,9 @@ def print_summary(result: dict, console=None, title: str | None = None) -> None:
 
     console = console or Console()
     for k, reason in sorted(result["folds_missing"].items(), key=lambda kv: int(kv[0])):
-        console.print(f"[bold red]MISSING fold {k}:[/] {reason} (not averaged)")
+        console.print(f"[bold red]MISSING fold {k}:[/] {reason} (not averaged)", soft_wrap=True)
     for warning in result["warnings"]:
-        console.print(f"[bold red]WARNING:[/] {warning}")
+        console.print(f"[bold red]WARNING:[/] {warning}", soft_wrap=True)
     rows = summary_rows(result, list(HEADLINE))
     for i, level in enumerate(LEVELS):  # one table per level keeps it readable in 80 columns
         table = Table(title=f"{title or 'Cross-validation'}, {level} level, {result['coverage']}")
