@@ -7,6 +7,7 @@ outer training part an inner grouped split gives the validation set that picks t
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,7 +83,15 @@ class PatientGroupedFolds:
         """Outer fold ``fold`` as train / val / test row indices; checked for leaks before returning."""
         part = self.train_part(fold)
         n_inner = max(2, round(1.0 / self.val_fraction))
-        train, val = next(self._inner_splits(part, n_inner, seed_offset=fold))
+        # only one inner fold is used here, so two groups per class suffice
+        self._check_enough_groups(self.labels[part], self.groups[part], 2, "parts of the validation split")
+        with warnings.catch_warnings():  # sklearn warns when a class has fewer groups than n_inner
+            warnings.simplefilter("ignore", UserWarning)
+            train, val = next(self._inner_splits(part, n_inner, seed_offset=fold))
+        absent = sorted(set(self.labels[part]) - set(self.labels[val]))
+        if absent:
+            warnings.warn(f"fold {fold}: class(es) {absent} have no validation image; "
+                          "checkpoint selection cannot see them (add patients or raise val_fraction)", stacklevel=2)
         result = Split(fold, np.sort(train), np.sort(val), self.test_indices(fold))
         assert_disjoint_groups(result, self.groups)
         return result
@@ -93,10 +102,10 @@ class PatientGroupedFolds:
         Used by the augmentation search; the outer test fold never appears in them.
         """
         part = self.train_part(fold)
+        self._check_enough_groups(self.labels[part], self.groups[part], n_inner, "inner folds")
         return [(np.sort(tr), np.sort(va)) for tr, va in self._inner_splits(part, n_inner, seed_offset=1000 + fold)]
 
     def _inner_splits(self, part: np.ndarray, k: int, seed_offset: int):
-        self._check_enough_groups(self.labels[part], self.groups[part], k, "inner folds")
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=self.seed + seed_offset)
         for tr, va in splitter.split(np.zeros(len(part)), self.labels[part], self.groups[part]):
             yield part[tr], part[va]
@@ -112,7 +121,7 @@ def assert_disjoint_groups(split: Split, groups) -> None:
     parts = {"train": split.train, "val": split.val, "test": split.test}
     seen: dict[str, str] = {}
     for name, idx in parts.items():
-        for g in np.unique(groups[idx]):
+        for g in map(str, np.unique(groups[idx])):
             if g in seen and seen[g] != name:
                 raise DataError(f"leak: patient group {g!r} is in both {seen[g]} and {name} of fold {split.fold}")
             seen[g] = name

@@ -1,0 +1,32 @@
+# skintumor: every target sets itself up on a fresh machine (creates .venv and installs).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: help install train test test-slow clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import skintumor, torch, lightning, hydra" && touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project (done by every target when needed)
+
+train: $(STAMP)  ## train on the embedded phantom (extra Hydra overrides: make train ARGS="model=resnet18")
+	$(PY) -m skintumor.train $(ARGS)
+
+test: $(STAMP)  ## the default test suite (a few minutes on 2 CPU cores)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)  ## only the slow tests (real data, longer training)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+clean:  ## remove caches and the venv (outputs/ is kept: it holds your runs)
+	rm -rf $(VENV) .pytest_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,151 @@
+"""The Lightning data module: manifest -> patient-grouped split -> cached tensors -> loaders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from skintumor.data.folds import PatientGroupedFolds, Split
+from skintumor.data.images import read_greyscale, read_mask
+from skintumor.data.manifest import Manifest, warn_mixed_label_patients
+from skintumor.data.sources import load_source
+
+Augment = Callable[..., dict]  # albumentations-style: augment(image=uint8 HxW) -> {"image": uint8 HxW}
+
+
+def decode_resized(manifest: Manifest, image_size: int, with_masks: bool = True):
+    """Decode every image once into ``image_size`` x ``image_size`` uint8 arrays (and masks).
+
+    Returns ``(images, masks)``; ``masks[i]`` is a bool array or None. Images are stretched to a
+    square, as the study did; INTER_AREA keeps speckle statistics honest when shrinking.
+    """
+    images, masks = [], []
+    for i in range(len(manifest)):
+        image = read_greyscale(manifest.image_path(i))
+        mask_path = manifest.mask_path(i) if with_masks else None
+        mask = read_mask(mask_path, image.shape) if mask_path is not None else None
+        images.append(_resize(image, image_size, cv2.INTER_AREA))
+        masks.append(_resize(mask.astype(np.uint8), image_size, cv2.INTER_NEAREST).astype(bool)
+                     if mask is not None else None)
+    return images, masks
+
+
+def _resize(array: np.ndarray, size: int, interpolation: int) -> np.ndarray:
+    if array.shape == (size, size):
+        return array
+    return cv2.resize(array, (size, size), interpolation=interpolation)
+
+
+class CachedImageDataset(Dataset):
+    """Decoded uint8 images in memory -> ``(x: 1xHxW float, y: int, index: int)``.
+
+    ``index`` is the row in the manifest, so predictions can be joined back to files.
+    """
+
+    def __init__(self, images: list[np.ndarray], labels: list[int], indices: np.ndarray,
+                 mean: float, std: float, augment: Augment | None = None):
+        self.images, self.labels, self.indices = images, labels, np.asarray(indices)
+        self.mean, self.std, self.augment = mean, std, augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int):
+        row = int(self.indices[item])
+        image = self.images[row]
+        if self.augment is not None:
+            image = self.augment(image=image)["image"]
+        x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        return x.unsqueeze(0), self.labels[row], row
+
+
+class UltrasoundDataModule(L.LightningDataModule):
+    """Loads a source into a manifest, splits it by patient groups, serves cached 1-channel images.
+
+    Args:
+        source: name in :data:`skintumor.data.sources.SOURCES` ("phantom", "folder", "csv", ...).
+        root: the source's folder. options: further keyword arguments of the source.
+        fold / n_folds / val_fraction / seed: the outer fold used and how folds are drawn.
+        image_size: square side in px. batch_size, num_workers: loader settings.
+        mean / std: intensity normalisation of [0, 1] images (defaults: ImageNet's grey values,
+            so ImageNet weights see what they expect; BatchNorm makes the exact value uncritical).
+        augment: training transform applied to uint8 images (see :mod:`skintumor.augment`).
+        manifest: a ready :class:`Manifest` instead of ``source`` (for notebooks and tests).
+    """
+
+    def __init__(self, source: str | None = "folder", root: str | None = None, options: dict | None = None,
+                 fold: int = 0, n_folds: int = 5, val_fraction: float = 0.2, seed: int = 42,
+                 image_size: int = 224, batch_size: int = 16, num_workers: int = 0,
+                 mean: float = 0.449, std: float = 0.226, augment: Augment | None = None,
+                 manifest: Manifest | None = None, pin_memory: bool = False):
+        super().__init__()
+        self.source, self.root, self.options = source, root, dict(options or {})
+        self.fold, self.n_folds, self.val_fraction, self.seed = fold, n_folds, val_fraction, seed
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.mean, self.std, self.augment, self.pin_memory = mean, std, augment, pin_memory
+        self.manifest = manifest
+        self.split: Split | None = None
+        self.images: list[np.ndarray] | None = None
+        self.masks: list[np.ndarray | None] | None = None
+
+    # -- loading -------------------------------------------------------------------------------
+    def load_manifest(self) -> Manifest:
+        if self.manifest is None:
+            self.manifest = load_source(self.source, root=self.root, **self.options)
+        return self.manifest
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.images is not None:
+            return  # decoded once; fit, validate and test share the cache
+        manifest = self.load_manifest()
+        warn_mixed_label_patients(manifest)
+        self.images, self.masks = decode_resized(manifest, self.image_size)
+        folds = PatientGroupedFolds(manifest.labels, manifest.groups, self.n_folds, self.val_fraction, self.seed)
+        self.split = folds.split(self.fold)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.load_manifest().classes
+
+    def class_counts(self, part: str = "train") -> list[int]:
+        """Images per class in one part of the split (for the focal-loss alpha)."""
+        labels = np.asarray(self.manifest.labels)[getattr(self.split, part)]
+        return np.bincount(labels, minlength=len(self.classes)).tolist()
+
+    def write_split(self, run_dir: str | Path) -> None:
+        """Write ``manifest.csv`` and ``split.json`` so report and explain never recompute folds."""
+        run_dir = Path(run_dir)
+        self.manifest.to_csv(run_dir / "manifest.csv")
+        info = self.split.as_dict() | {"manifest": "manifest.csv", "root": str(Path(self.manifest.root).resolve()),
+                                       "classes": self.classes, "n_folds": self.n_folds, "seed": self.seed,
+                                       "val_fraction": self.val_fraction}
+        (run_dir / "split.json").write_text(json.dumps(info))
+
+    # -- loaders -------------------------------------------------------------------------------
+    def _dataset(self, part: str, augment: Augment | None) -> CachedImageDataset:
+        return CachedImageDataset(self.images, self.manifest.labels, getattr(self.split, part),
+                                  self.mean, self.std, augment)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
+                          drop_last=shuffle and len(dataset) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("train", self.augment), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val", None), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test", None), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

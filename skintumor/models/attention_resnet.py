@@ -1,0 +1,129 @@
+"""ResNet18 with grid attention gates on layer2 and layer3, gated by layer4 (the study's network).
+
+    x (B,1,H,W) -> conv1..layer1 -> layer2 f2 (B,128,H/8,W/8) -> layer3 f3 (B,256,H/16,W/16)
+                -> layer4 f4 (B,512,H/32,W/32)
+    gate2(f2, f4), gate3(f3, f4) -> attention-pooled (B,128), (B,256); avg-pooled f4 (B,512)
+    aggregation "ft": a linear head on each, a linear layer fuses the three heads' logits
+                "deep_sup": as "ft", and the branch heads get auxiliary losses in training
+                "concat": one linear layer on the concatenated pooled features
+    attention=False: plain ResNet18 (avg-pooled f4 -> linear), the baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from skintumor.models.gates import GridAttentionGate, attention_pool
+
+AGGREGATIONS = ("ft", "deep_sup", "concat")
+
+
+@dataclass
+class ModelOutput:
+    """logits (B, C); branch_logits: per-branch head logits (B, C) for ft/deep_sup (gate2, gate3,
+    layer4), empty otherwise; attention: gate maps (B, 1, h, w) at their feature grid."""
+
+    logits: torch.Tensor
+    branch_logits: list[torch.Tensor] = field(default_factory=list)
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AttentionGatedResNet18(nn.Module):
+    """The study's network; ``attention=False`` gives the plain ResNet18 baseline.
+
+    Trunk modules keep torchvision's names (conv1, bn1, layer1..layer4), so torchvision weights load
+    directly. ``forward`` returns logits only; :meth:`forward_details` also returns branch logits and
+    attention maps, and :meth:`attention_maps` the maps at input resolution.
+    """
+
+    def __init__(self, num_classes: int = 3, attention: bool = True, aggregation: str = "ft",
+                 normalization: str = "sigmoid", pretrained: bool = False, weights_path: str | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.num_classes, self.attention, self.aggregation = num_classes, attention, aggregation
+        trunk = resnet18(weights=None)
+        # 1-channel input: greyscale B-mode
+        self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1, self.relu, self.maxpool = trunk.bn1, trunk.relu, trunk.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+        self.dropout = nn.Dropout(dropout)
+        if not attention:
+            self.fc = nn.Linear(512, num_classes)
+        else:
+            self.gate2 = GridAttentionGate(128, 512, normalization=normalization)
+            self.gate3 = GridAttentionGate(256, 512, normalization=normalization)
+            if aggregation == "concat":
+                self.fc = nn.Linear(128 + 256 + 512, num_classes)
+            else:
+                self.head2 = nn.Linear(128, num_classes)
+                self.head3 = nn.Linear(256, num_classes)
+                self.head4 = nn.Linear(512, num_classes)
+                self.fuse = nn.Linear(3 * num_classes, num_classes)
+        if pretrained:
+            self.load_trunk_weights(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True))
+        if weights_path:
+            self.load_trunk_weights(_read_state_dict(weights_path))
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,1,H,W) -> f2 (B,128,H/8,W/8), f3 (B,256,H/16,W/16), f4 (B,512,H/32,W/32)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        f2 = self.layer2(self.layer1(x))
+        f3 = self.layer3(f2)
+        return f2, f3, self.layer4(f3)
+
+    def forward_details(self, x: torch.Tensor) -> ModelOutput:
+        f2, f3, f4 = self.features(x)
+        p4 = self.dropout(torch.flatten(F.adaptive_avg_pool2d(f4, 1), 1))
+        if not self.attention:
+            return ModelOutput(self.fc(p4))
+        gated2, a2 = self.gate2(f2, f4)
+        gated3, a3 = self.gate3(f3, f4)
+        p2 = self.dropout(attention_pool(gated2, a2))
+        p3 = self.dropout(attention_pool(gated3, a3))
+        maps = {"gate2": a2, "gate3": a3}
+        if self.aggregation == "concat":
+            return ModelOutput(self.fc(torch.cat([p2, p3, p4], dim=1)), attention=maps)
+        branches = [self.head2(p2), self.head3(p3), self.head4(p4)]
+        return ModelOutput(self.fuse(torch.cat(branches, dim=1)), branches, maps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> logits (B, num_classes)."""
+        return self.forward_details(x).logits
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gate maps upsampled to the input, {"gate2", "gate3"} -> (B, 1, H, W); empty without gates."""
+        maps = self.forward_details(x).attention
+        return {k: F.interpolate(v, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                for k, v in maps.items()}
+
+    def load_trunk_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load torchvision-named trunk weights; an RGB conv1 becomes the mean of its colour filters."""
+        trunk_keys = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+        state = {k: v for k, v in state_dict.items() if k.startswith(trunk_keys)}
+        if not state:
+            raise ValueError("no ResNet trunk weights (conv1/bn1/layer1-4) found in the weights file")
+        if state["conv1.weight"].shape[1] == 3:
+            state["conv1.weight"] = state["conv1.weight"].mean(dim=1, keepdim=True)
+        missing, _ = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k.startswith(trunk_keys)]
+        if missing:
+            raise ValueError(f"weights file lacks trunk weights: {', '.join(missing[:3])} ...")
+
+
+def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A torchvision state dict, or a skintumor/Lightning checkpoint (its ``model.`` weights)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in data:  # Lightning checkpoint of SkinTumorClassifier
+        data = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
+    return data

@@ -1,0 +1,176 @@
+"""The LightningModule: model + focal loss + optimiser/schedule + torchmetrics.
+
+Everything it is built from is plain data (dicts, lists, numbers), saved as hyper-parameters, so a
+checkpoint rebuilds the model without unpickling arbitrary objects (:func:`load_classifier`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from skintumor.evaluate.metrics import stage_metrics, summarise
+from skintumor.models.attention_resnet import AttentionGatedResNet18
+from skintumor.models.losses import FocalLoss, inverse_frequency_alpha
+
+STAGES = ("train", "val", "test")
+
+
+class SkinTumorClassifier(L.LightningModule):
+    """Args (all plain data):
+        classes: class names, logit order. image_size, mean, std: the input contract, kept for predict.
+        net: keyword arguments of :class:`AttentionGatedResNet18` (num_classes is set from classes).
+        loss: ``gamma``, ``alpha`` ("auto" = inverse class frequency of ``class_counts``, null, or a
+            list), ``label_smoothing``, ``aux_weight`` (deep supervision).
+        optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``momentum`` (sgd).
+        scheduler: ``name`` (step | cosine | onecycle | none), ``step_size``, ``gamma`` (step),
+            ``warmup_epochs`` (cosine), ``min_lr`` (cosine).
+        class_counts: training images per class, for alpha "auto".
+        channels_last: NHWC memory format (faster on CPU with oneDNN and on tensor-core GPUs).
+    """
+
+    def __init__(self, classes: list[str], net: dict | None = None, loss: dict | None = None,
+                 optimizer: dict | None = None, scheduler: dict | None = None,
+                 class_counts: list[int] | None = None, image_size: int = 224,
+                 mean: float = 0.449, std: float = 0.226, channels_last: bool = True):
+        super().__init__()
+        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4) | dict(loss or {})
+        if loss["alpha"] == "auto":
+            if class_counts is None:
+                raise ValueError("loss.alpha='auto' needs the training fold's class_counts")
+            loss["alpha"] = inverse_frequency_alpha(class_counts)
+        net = dict(net or {}) | {"num_classes": len(classes)}
+        self.save_hyperparameters(dict(classes=list(classes), net=net, loss=loss,
+                                       optimizer=dict(name="adam", lr=1e-4, weight_decay=0.0) | dict(optimizer or {}),
+                                       scheduler=dict(name="step", step_size=7, gamma=0.1) | dict(scheduler or {}),
+                                       class_counts=class_counts, image_size=image_size, mean=mean, std=std,
+                                       channels_last=channels_last))
+        self.classes = list(classes)
+        self.model = AttentionGatedResNet18(**net)
+        self.criterion = FocalLoss(loss["gamma"], loss["alpha"], loss["label_smoothing"])
+        self.aux_weight = float(loss["aux_weight"])
+        self.metrics = nn.ModuleDict({f"{s}_metrics": stage_metrics(len(classes)) for s in STAGES})  # "train" would shadow .train()
+        self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None  # (rows, probabilities)
+        self._test_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) normalised images -> logits (B, C)."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, rows = batch
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.model.forward_details(x)
+        loss = self.criterion(out.logits, y)
+        if stage == "train" and self.model.aggregation == "deep_sup" and out.branch_logits:
+            aux = torch.stack([self.criterion(b, y) for b in out.branch_logits]).mean()
+            loss = loss + self.aux_weight * aux
+        probs = torch.softmax(out.logits.float(), dim=1)
+        self.metrics[f"{stage}_metrics"].update(probs, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,
+                 batch_size=len(y), sync_dist=True)
+        return loss, probs
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        _, probs = self._step(batch, "test")
+        self._test_buffer.append((batch[2].detach(), probs.detach()))
+
+    def _log_epoch(self, stage: str) -> None:
+        collection = self.metrics[f"{stage}_metrics"]
+        if self.trainer.sanity_checking:  # sanity batches must not leak into the first epoch's numbers
+            collection.reset()
+            return
+        values = summarise(collection.compute(), self.classes)
+        collection.reset()
+        shown = {"auroc_macro", "bal_acc"} if stage == "val" else set()
+        for key, value in values.items():
+            self.log(f"{stage}/{key}", value, prog_bar=key in shown, sync_dist=True)
+
+    def on_train_epoch_end(self):
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self):
+        self._log_epoch("val")
+
+    def on_test_epoch_start(self):
+        self._test_buffer = []
+
+    def on_test_epoch_end(self):
+        self._log_epoch("test")
+        rows = torch.cat([r for r, _ in self._test_buffer])
+        probs = torch.cat([p for _, p in self._test_buffer])
+        rows, probs = self.all_gather(rows), self.all_gather(probs)  # DDP: every rank's share
+        rows, probs = rows.reshape(-1).cpu().numpy(), probs.reshape(-1, len(self.classes)).float().cpu().numpy()
+        rows, first = np.unique(rows, return_index=True)  # DistributedSampler pads with repeats
+        self.test_predictions = (rows, probs[first])
+
+    def configure_optimizers(self):
+        opt_cfg, sch_cfg = dict(self.hparams.optimizer), dict(self.hparams.scheduler)
+        optimizer = build_optimizer(self.parameters(), **opt_cfg)
+        scheduler = build_scheduler(optimizer, max_epochs=self.trainer.max_epochs,
+                                    total_steps=self.trainer.estimated_stepping_batches, **sch_cfg)
+        if scheduler is None:
+            return optimizer
+        interval = "step" if sch_cfg["name"] == "onecycle" else "epoch"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+def build_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0,
+                    momentum: float = 0.9, **_) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
+    raise ValueError(f"unknown optimizer {name!r} (adam, adamw, sgd)")
+
+
+def build_scheduler(optimizer, name: str = "step", max_epochs: int = 30, total_steps: int | float = 0,
+                    step_size: int = 7, gamma: float = 0.1, warmup_epochs: int = 0, min_lr: float = 0.0,
+                    **_):
+    """step: StepLR (the study's). cosine: linear warm-up then cosine to ``min_lr``. onecycle: per step."""
+    if name in ("none", None):
+        return None
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    if name == "cosine":
+        base = optimizer.param_groups[0]["lr"]
+        floor = min_lr / base if base else 0.0
+
+        def factor(epoch: int) -> float:
+            if epoch < warmup_epochs:
+                return (epoch + 1) / (warmup_epochs + 1)
+            progress = (epoch - warmup_epochs) / max(1, max_epochs - warmup_epochs)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if name == "onecycle":
+        max_lr = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=int(total_steps))
+    raise ValueError(f"unknown scheduler {name!r} (step, cosine, onecycle, none)")
+
+
+def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTumorClassifier:
+    """Rebuild a trained classifier from a checkpoint; reads tensors and plain data only."""
+    data = torch.load(Path(checkpoint), map_location=map_location, weights_only=True)
+    hp = dict(data["hyper_parameters"])
+    hp["net"] = dict(hp["net"]) | {"pretrained": False, "weights_path": None}  # weights come from the file
+    module = SkinTumorClassifier(**hp)
+    module.load_state_dict(data["state_dict"])
+    return module.eval()

@@ -1,0 +1,79 @@
+"""Train one fold: ``python -m skintumor.train [overrides]`` (a thin Hydra entry point).
+
+Examples:
+    python -m skintumor.train                                   # phantom, attention-gated ResNet18
+    python -m skintumor.train data=folder data.root=~/scans     # your class folders
+    python -m skintumor.train model=resnet18 data.fold=3 trainer.max_epochs=5
+    python -m skintumor.train -m data.fold=0,1,2,3,4            # 5-fold cross-validation
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.markup import escape
+
+from skintumor.augment import build_augmentation
+from skintumor.data.manifest import DataError
+from skintumor.evaluate.predictions import write_predictions
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return train(cfg)
+    except DataError as err:  # the user's data is wrong: one clear line, no traceback
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]data error:[/] {escape(str(err))}", highlight=False)
+        sys.exit(2)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit on the fold's training part, select on its validation part, test once. Returns the best
+    validation score (what a Hydra sweeper would optimise)."""
+    out = Path(cfg.paths.output_dir)
+    if (out / "checkpoints").exists() and not cfg.get("ckpt_path"):
+        raise DataError(f"{out}: run directory already holds checkpoints; runs are never overwritten")
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data, augment=build_augmentation(**cfg.augment), _convert_="all")
+    datamodule.setup()  # decode once, split by patient groups (bad files raise DataError here)
+    datamodule.write_split(out)
+
+    model = hydra.utils.instantiate(cfg.model, classes=datamodule.classes,
+                                    class_counts=datamodule.class_counts("train"),
+                                    image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
+                                    _convert_="all")
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = [hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
+                 if c and (loggers or name != "lr_monitor")]  # LR monitor needs a logger
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+
+    if cfg.get("test", True):
+        # the test fold is read once, by the checkpoint the validation split chose
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        rows, probs = model.test_predictions
+        if trainer.is_global_zero:
+            write_predictions(datamodule.manifest, rows, probs, out / "predictions_test.csv")
+            metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+            metrics["checkpoint"] = os.path.relpath(best, out) if best else "final weights (no checkpoint)"
+            (out / "metrics_test.json").write_text(json.dumps(metrics, indent=2))
+    for logger in loggers:
+        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()
+    return float(best_score) if best_score is not None else None
+
+
+if __name__ == "__main__":
+    main()

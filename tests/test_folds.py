@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from skintumor.data.folds import PatientGroupedFolds, Split, assert_disjoint_groups
+from skintumor.data.manifest import DataError
+
+
+def _study_like(seed=0):
+    """Patients 149/74/32 with 1-5 images each, like the study."""
+    rng = np.random.default_rng(seed)
+    labels, groups = [], []
+    for cls, n in enumerate((149, 74, 32)):
+        for p in range(n):
+            k = rng.integers(1, 6)
+            labels += [cls] * k
+            groups += [f"{cls}-{p}"] * k
+    return np.array(labels), np.array(groups)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_no_patient_in_two_parts_and_every_row_tested_once(seed):
+    labels, groups = _study_like(seed)
+    folds = PatientGroupedFolds(labels, groups, n_splits=5, seed=seed)
+    tested = []
+    for k in range(5):
+        s = folds.split(k)
+        parts = [set(groups[s.train]), set(groups[s.val]), set(groups[s.test])]
+        assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+        assert len(s.train) + len(s.val) + len(s.test) == len(labels)
+        tested += s.test.tolist()
+    assert sorted(tested) == list(range(len(labels)))
+
+
+def test_stratification_within_tolerance():
+    labels, groups = _study_like()
+    folds = PatientGroupedFolds(labels, groups, n_splits=5, seed=3)
+    overall = np.bincount(labels) / len(labels)
+    for k in range(5):
+        s = folds.split(k)
+        for part in (s.test, s.val):
+            share = np.bincount(labels[part], minlength=3) / len(part)
+            assert np.abs(share - overall).max() < 0.08
+
+
+def test_same_seed_same_folds_other_seed_other_folds():
+    labels, groups = _study_like()
+    a = PatientGroupedFolds(labels, groups, seed=5).split(2)
+    b = PatientGroupedFolds(labels, groups, seed=5).split(2)
+    c = PatientGroupedFolds(labels, groups, seed=6).split(2)
+    assert np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val)
+    assert not np.array_equal(a.test, c.test)
+
+
+def test_too_few_patients_in_a_class_is_a_clear_error():
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    groups = np.array([f"p{i}" for i in range(20)] + ["q0", "q1", "q1"])
+    with pytest.raises(DataError, match="class 2 has only 2 patient group"):
+        PatientGroupedFolds(labels, groups, n_splits=5)
+
+
+def test_inner_folds_never_contain_the_test_fold():
+    labels, groups = _study_like()
+    folds = PatientGroupedFolds(labels, groups, seed=1)
+    test = set(folds.test_indices(4).tolist())
+    inner = folds.inner_folds(4, n_inner=4)
+    assert len(inner) == 4
+    for train, val in inner:
+        assert not (set(train) | set(val)) & test
+        assert not set(groups[train]) & set(groups[val])
+
+
+def test_guard_rejects_a_leaking_split():
+    groups = np.array(["a", "a", "b", "c"])
+    leaky = Split(0, train=np.array([0, 2]), val=np.array([3]), test=np.array([1]))
+    with pytest.raises(DataError, match="patient group 'a'"):
+        assert_disjoint_groups(leaky, groups)

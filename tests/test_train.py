@@ -1,0 +1,104 @@
+"""The Hydra entry point end to end, on tiny images in tmp_path."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO
+from skintumor.models.module import load_classifier
+
+CONF = REPO / "conf"
+
+
+def _run(*overrides, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "skintumor.train", *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def test_every_config_group_option_composes():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for group in ("data", "augment", "model", "trainer", "logger", "callbacks", "experiment", "debug"):
+            for option in _options(group):
+                overrides = [f"{group}={option}", "data.root=/tmp"]
+                if group == "data" and option == "csv":
+                    overrides.append("data.options.manifest=/tmp/m.csv")
+                cfg = compose(config_name="train", overrides=overrides)
+                assert cfg.model._target_.endswith("SkinTumorClassifier")
+                assert cfg.data.source
+
+
+def test_study_values_in_experiment_paper():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=paper"])
+    assert cfg.model.optimizer.name == "adam" and cfg.model.optimizer.lr == 1e-4
+    assert (cfg.model.scheduler.step_size, cfg.model.scheduler.gamma) == (7, 0.1)
+    assert cfg.trainer.max_epochs == 30 and cfg.data.batch_size == 16 and cfg.data.n_folds == 5
+    assert cfg.model.net.attention and cfg.model.net.aggregation == "ft"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_folder, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "r"
+    proc = _run("data=folder", f"data.root={tiny_folder}", f"data.options.patients_csv={tiny_folder}/patients.csv",
+                "data.image_size=32", "data.n_folds=3", "data.batch_size=4", "trainer.max_epochs=2",
+                "trainer.accelerator=cpu", "logger=csv", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_run_directory_contract(trained_run, tiny_folder):
+    for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "predictions_test.csv", "metrics_test.json",
+                 "split.json", "manifest.csv", ".hydra/config.yaml", "csv/metrics.csv"):
+        assert (trained_run / name).is_file(), name
+    split = json.loads((trained_run / "split.json").read_text())
+    preds = pd.read_csv(trained_run / "predictions_test.csv")
+    assert len(preds) == len(split["test"]) and preds["path"].is_unique  # one row per test image
+    assert list(preds.columns) == ["path", "patient_id", "group_id", "label", "p_cyst", "p_lipoma",
+                                   "p_pilomatricoma", "pred"]
+    assert preds[["p_cyst", "p_lipoma", "p_pilomatricoma"]].sum(axis=1).round(4).eq(1).all()
+    manifest = pd.read_csv(trained_run / "manifest.csv")
+    assert set(preds["path"]) == set(manifest["path"].iloc[split["test"]])
+    assert not set(manifest["patient_id"].iloc[split["test"]]) & set(manifest["patient_id"].iloc[split["train"]])
+    metrics = json.loads((trained_run / "metrics_test.json").read_text())
+    assert metrics["checkpoint"] == "checkpoints/best.ckpt"
+    assert {"test/auroc_macro", "test/bal_acc", "test/sens_pilomatricoma", "test/spec_cyst"} <= set(metrics)
+    logged = pd.read_csv(trained_run / "csv" / "metrics.csv")
+    assert {"val/auroc_macro", "val/sens_lipoma", "train/loss"} <= set(logged.columns)
+
+
+def test_checkpoint_rebuilds_without_pickles(trained_run):
+    model = load_classifier(trained_run / "checkpoints" / "best.ckpt")
+    assert model.hparams.classes == ["cyst", "lipoma", "pilomatricoma"]
+    assert model.hparams.image_size == 32 and model.hparams.net["attention"] is True
+    alpha = model.hparams.loss["alpha"]
+    assert len(alpha) == 3
+
+
+def test_run_directory_is_never_overwritten(trained_run, tiny_folder):
+    before = (trained_run / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    proc = _run("data=folder", f"data.root={tiny_folder}", "debug=fdr", f"hydra.run.dir={trained_run}")
+    assert proc.returncode == 2 and "never overwritten" in proc.stderr
+    assert (trained_run / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
+
+
+def test_fast_dev_run_plain_resnet(tiny_folder, tmp_path):
+    proc = _run("data=folder", f"data.root={tiny_folder}", "model=resnet18", "data.image_size=32",
+                "data.n_folds=3", "debug=fdr", f"hydra.run.dir={tmp_path / 'fdr'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(pd.read_csv(tmp_path / "fdr" / "predictions_test.csv")) > 0
+
+
+def test_bad_data_is_one_clear_line(tmp_path):
+    (tmp_path / "data" / "cyst").mkdir(parents=True)
+    (tmp_path / "data" / "cyst" / "a.png").write_bytes(b"")
+    proc = _run("data=folder", f"data.root={tmp_path / 'data'}", "debug=fdr", f"hydra.run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 2
+    assert "a.png: file is empty" in proc.stderr and "Traceback" not in proc.stderr
