@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,71 @@ def test_folds_that_share_patients_are_flagged(tmp_path):
     sweep = load_sweep(sweep_dir)
     assert any("more than one fold" in w and "partition" in w for w in sweep.warnings)
     assert any("not patient-grouped" in w for w in sweep.warnings)
+
+
+# --- the sweep: Hydra config, callbacks, a real multirun ------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_train(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_sweep_dir_and_wandb_group_share_the_sweep_name():
+    cfg = compose_train("logger=default", "data.fold=3", "paths.log_dir=/runs")
+    assert cfg.hydra.sweep.subdir == "fold_3"
+    sweep_dir = Path(str(cfg.hydra.sweep.dir))
+    assert sweep_dir.parent == Path("/runs") / cfg.task_name / "multiruns"
+    assert sweep_dir.name == cfg.sweep_name == cfg.logger.wandb.group
+    assert cfg.sweep_name.startswith(cfg.task_name + "_")
+    assert cfg.logger.wandb.name == cfg.logger.wandb.job_type == "fold_3"
+    for launcher, target in (("parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher")):
+        assert compose_train(f"hydra/launcher={launcher}").hydra.launcher._target_.endswith(target)
+
+
+def test_hydra_callback_writes_report_after_a_fold_sweep(tmp_path):
+    from skintumor.hydra_callbacks import CrossValidationReport
+
+    sweep_dir = make_sweep(tmp_path / "sweep", n_folds=2)
+    cfg = compose_train(f"hydra.sweep.dir={sweep_dir}")
+    CrossValidationReport(n_boot=200).on_multirun_end(cfg)
+    assert json.loads((sweep_dir / "metrics_cv.json").read_text())["folds_used"] == [0, 1]
+    other = make_sweep(tmp_path / "other", n_folds=2)
+    CrossValidationReport(n_boot=200).on_multirun_end(compose_train(f"hydra.sweep.dir={other}", "hydra.sweep.subdir=x"))
+    assert not (other / "report.md").exists()  # not a sweep over folds: left alone
+
+
+def test_one_device_per_job_pins_gpus_only_for_parallel_jobs(monkeypatch):
+    from skintumor.hydra_callbacks import OneDevicePerJob
+
+    cfg = compose_train("hydra.job.num=3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    monkeypatch.delenv("SKINTUMOR_PINNED_GPU", raising=False)
+    OneDevicePerJob(n_jobs=1).on_job_start(cfg)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5"  # sequential jobs: hands off
+    OneDevicePerJob(n_jobs=2).on_job_start(cfg)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"  # job 3 -> 3 mod 2 -> the second visible GPU
+
+
+@pytest.mark.slow
+def test_two_fold_multirun_end_to_end(tiny_folder, tmp_path):
+    import subprocess
+    import sys
+
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "skintumor.train", "-m", "data=folder", f"data.root={tiny_folder}",
+         f"data.options.patients_csv={tiny_folder}/patients.csv", "data.image_size=32", "data.n_folds=2",
+         "debug=fdr", "data.fold=0,1", f"hydra.sweep.dir={sweep_dir}", "callbacks.progress_bar=null",
+         "hydra.callbacks.cv_report.n_boot=200"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    numbers = json.loads((sweep_dir / "metrics_cv.json").read_text())
+    assert numbers["folds_used"] == [0, 1] and numbers["folds_missing"] == {}
+    n_test = sum(len(pd.read_csv(sweep_dir / f"fold_{k}" / "predictions_test.csv")) for k in (0, 1))
+    assert numbers["n_images"] == n_test == 36  # every image tested exactly once
+    assert (sweep_dir / "report.html").is_file() and (sweep_dir / "figures" / "roc_curves.png").is_file()
