@@ -323,3 +323,4 @@ def test_two_fold_multirun_end_to_end(tiny_folder, tmp_path):
     n_test = sum(len(pd.read_csv(sweep_dir / f"fold_{k}" / "predictions_test.csv")) for k in (0, 1))
     assert numbers["n_images"] == n_test == 36  # every image tested exactly once
     assert (sweep_dir / "report.html").is_file() and (sweep_dir / "figures" / "roc_curves.png").is_file()
+    assert "debug=fdr" in (sweep_dir / "report.md").read_text()  # what was trained is stated

@@ -69,6 +69,8 @@ class Sweep:
         notes: things the reader should know (a disagreeing ``pred`` column, rows without patient).
         warnings: things that make the numbers doubtful (folds that overlap or split patients).
         explain: fold -> link (relative to the sweep directory) to the fold's explanation overlays.
+        overrides: the Hydra command-line overrides of the runs (from ``.hydra/overrides.yaml``,
+            without ``data.fold``), so a reader knows what was trained.
     """
 
     directory: Path
@@ -79,6 +81,7 @@ class Sweep:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     explain: dict[int, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -228,7 +231,16 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep.warnings = _overlap_warnings(sweep)
     sweep.explain = {k: f"{fold_dirs[k].name}/explain/" for k in sorted(folds)
                      if (fold_dirs[k] / "explain").is_dir()}
+    sweep.overrides = _overrides(fold_dirs[min(folds)])
     return sweep
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    try:
+        listed = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in (listed or []) if not str(o).startswith("data.fold=")]
 
 
 def _overlap_warnings(sweep: Sweep) -> list[str]:
@@ -280,7 +292,7 @@ def evaluate_sweep(sweep: Sweep, n_boot: int = 2000, seed: int = 0, level_ci: fl
     result = {
         "sweep_dir": str(sweep.directory), "classes": sweep.classes, "folds_expected": sweep.expected,
         "folds_used": sorted(sweep.folds), "folds_missing": {str(k): v for k, v in sorted(sweep.missing.items())},
-        "coverage": sweep.coverage(), "notes": sweep.notes, "warnings": sweep.warnings, "explain": {str(k): v for k, v in sweep.explain.items()},
+        "coverage": sweep.coverage(), "overrides": sweep.overrides, "notes": sweep.notes, "warnings": sweep.warnings, "explain": {str(k): v for k, v in sweep.explain.items()},
         "bootstrap": {"replicates": n_boot, "seed": seed, "level": level_ci, "unit": "group_id (patient merged "
                       "with its near-duplicates)", "interval": "percentile"},
         "ece_bins": n_bins,
@@ -367,6 +379,8 @@ def report_document(sweep: Sweep, result: dict, figure_paths: dict[str, str]) ->
     doc.text(f"Sweep directory `{sweep.directory}`. Numbers cover **{sweep.coverage()}**: "
              f"{result['n_images']} test images from {result['n_patients']} patients "
              f"({result['n_groups']} duplicate-aware groups), classes {', '.join(classes)}.")
+    if sweep.overrides:
+        doc.text("Run with: `" + " ".join(sweep.overrides) + "`")
     for k, reason in sorted(sweep.missing.items()):
         doc.warning(f"fold {k} is missing: {reason}. No number below includes it.")
     for warning in sweep.warnings:
