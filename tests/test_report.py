@@ -197,6 +197,15 @@ def test_report_writes_markdown_html_figures_json_and_links_explanations(tmp_pat
     assert numbers["folds_missing"] == {} and numbers["patient"]["pooled"]["auroc_macro"]["value"] > 0.8
 
 
+def test_fold_with_fewer_predictions_than_test_images_is_flagged(tmp_path):
+    sweep_dir = make_sweep(tmp_path / "sweep", n_folds=2)
+    n = len(pd.read_csv(sweep_dir / "fold_1" / "predictions_test.csv"))
+    (sweep_dir / "fold_0" / "split.json").write_text(json.dumps({"fold": 0, "test": list(range(500))}))
+    (sweep_dir / "fold_1" / "split.json").write_text(json.dumps({"fold": 1, "test": list(range(n))}))
+    warnings = load_sweep(sweep_dir).warnings
+    assert len(warnings) == 1 and warnings[0].startswith("fold_0: predictions for") and "of its 500" in warnings[0]
+
+
 def test_unusable_predictions_file_counts_as_missing(tmp_path):
     sweep_dir = make_sweep(tmp_path / "sweep", n_folds=3)
     bad = sweep_dir / "fold_2" / "predictions_test.csv"
@@ -314,7 +323,8 @@ def test_two_fold_multirun_end_to_end(tiny_folder, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "skintumor.train", "-m", "data=folder", f"data.root={tiny_folder}",
          f"data.options.patients_csv={tiny_folder}/patients.csv", "data.image_size=32", "data.n_folds=2",
-         "debug=fdr", "data.fold=0,1", f"hydra.sweep.dir={sweep_dir}", "callbacks.progress_bar=null",
+         "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv", "data.fold=0,1",
+         f"hydra.sweep.dir={sweep_dir}", "callbacks.progress_bar=null",
          "hydra.callbacks.cv_report.n_boot=200"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -323,4 +333,5 @@ def test_two_fold_multirun_end_to_end(tiny_folder, tmp_path):
     n_test = sum(len(pd.read_csv(sweep_dir / f"fold_{k}" / "predictions_test.csv")) for k in (0, 1))
     assert numbers["n_images"] == n_test == 36  # every image tested exactly once
     assert (sweep_dir / "report.html").is_file() and (sweep_dir / "figures" / "roc_curves.png").is_file()
-    assert "debug=fdr" in (sweep_dir / "report.md").read_text()  # what was trained is stated
+    assert "trainer.max_epochs=1" in (sweep_dir / "report.md").read_text()  # what was trained is stated
+    assert numbers["warnings"] == []

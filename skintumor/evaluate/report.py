@@ -204,7 +204,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     extra = sorted(set(fold_dirs) - set(expected))
     if extra:
         notes.append(f"fold directories {', '.join(map(str, extra))} lie outside data.n_folds={n_folds} and are ignored")
-    folds, missing, classes = {}, {}, None
+    folds, missing, classes, warnings = {}, {}, None, []
     for k in expected:
         if k not in fold_dirs:
             missing[k] = f"directory fold_{k} is absent"
@@ -224,15 +224,31 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
             raise DataError(f"{csv_path}: classes {fold_classes} differ from the other folds' {classes}")
         folds[k] = table
         notes += fold_notes
+        incomplete = _incomplete_warning(fold_dirs[k], len(table))
+        if incomplete:
+            warnings.append(incomplete)
     if not folds:
         raise DataError(f"{sweep_dir}: no fold has usable predictions ("
                         + "; ".join(missing.values()) + ")")
     sweep = Sweep(sweep_dir, classes, folds, missing, expected, notes)
-    sweep.warnings = _overlap_warnings(sweep)
+    sweep.warnings = warnings + _overlap_warnings(sweep)
     sweep.explain = {k: f"{fold_dirs[k].name}/explain/" for k in sorted(folds)
                      if (fold_dirs[k] / "explain").is_dir()}
     sweep.overrides = _overrides(fold_dirs[min(folds)])
     return sweep
+
+
+def _incomplete_warning(run_dir: Path, n_predictions: int) -> str | None:
+    """Compare with the fold's test split (``split.json``): fast_dev_run or limit_test_batches
+    leave test images without a prediction, and such a fold must not pass for a full one."""
+    try:
+        n_test = len(json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["test"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if n_test != n_predictions:
+        return (f"{run_dir.name}: predictions for {n_predictions} of its {n_test} test images "
+                "(fast_dev_run or limit_test_batches?); its numbers are not the full fold's")
+    return None
 
 
 def _overrides(run_dir: Path) -> list[str]:
