@@ -29,9 +29,12 @@ PYEOF
 common=(data=csv "data.root=$DATA" "data.options.manifest=$OUT/busi_manifest.csv" "data.image_size=$SIZE"
         "trainer.max_epochs=$EPOCHS" "data.batch_size=$BATCH" "model.optimizer.lr=$LR" trainer.accelerator=cpu logger=csv callbacks.progress_bar=null
         "data.fold=0,1,2,3,4")
+# the two sweeps run at the same time (one process each, same folds: same data, n_folds and seed)
+start=$(date +%s)
 for model in attention_resnet18 resnet18; do
-  start=$(date +%s)
-  "$PY" -m skintumor.train -m "model=$model" "${common[@]}" "sweep_name=busi_$model" "hydra.sweep.dir=$OUT/$model"
-  echo "$model: $(( $(date +%s) - start )) s wall" | tee -a "$OUT/wall_time.txt"
+  ( "$PY" -m skintumor.train -m "model=$model" "${common[@]}" "sweep_name=busi_$model" "hydra.sweep.dir=$OUT/$model" \
+      > "$OUT/$model.log" 2>&1
+    echo "$model: $(( $(date +%s) - start )) s wall" | tee -a "$OUT/wall_time.txt" ) &
 done
+wait
 "$PY" -m skintumor.report "$OUT/attention_resnet18" "$OUT/resnet18"

@@ -31,7 +31,7 @@ from skintumor.evaluate.metrics import (
     weighted_metrics,
 )
 from skintumor.evaluate.report import (
-    LEVELS, Sweep, _json_safe, fmt, level_arrays, load_sweep, mean_sd, metric_label,
+    LEVELS, Sweep, json_safe, fmt, level_arrays, load_sweep, mean_sd, metric_label,
 )
 
 ALPHA = 0.05
@@ -256,7 +256,7 @@ def build_comparison(sweep_a: str | Path, sweep_b: str | Path, out_dir: str | Pa
     out_dir = Path(out_dir) if out_dir is not None else a.directory / f"compare_{b.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     comparison_document(result).write(out_dir, "comparison")
-    (out_dir / "comparison.json").write_text(json.dumps(_json_safe(result), indent=2), encoding="utf-8")
+    (out_dir / "comparison.json").write_text(json.dumps(json_safe(result), indent=2), encoding="utf-8")
     print_comparison(result, console)
     result["out_dir"] = str(out_dir)
     return result

@@ -474,13 +474,14 @@ def print_summary(result: dict, console=None, title: str | None = None) -> None:
         console.print(table)
 
 
-def _json_safe(value):
+def json_safe(value):
+    """NaN -> None (JSON has no NaN), tuple -> list, keys -> str; recursively."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -493,10 +494,10 @@ def build_report(sweep_dir: str | Path, n_boot: int = 2000, seed: int = 0, n_bin
     figure_paths = write_figures(sweep, result, sweep.directory)
     result["figures"] = figure_paths
     report_document(sweep, result, figure_paths).write(sweep.directory, "report")
-    (sweep.directory / "metrics_cv.json").write_text(json.dumps(_json_safe(result), indent=2), encoding="utf-8")
+    (sweep.directory / "metrics_cv.json").write_text(json.dumps(json_safe(result), indent=2), encoding="utf-8")
     print_summary(result, console)
     return result
 
 
-__all__ = ["Sweep", "load_sweep", "read_predictions", "level_arrays", "mean_sd", "evaluate_sweep",
+__all__ = ["Sweep", "json_safe", "load_sweep", "read_predictions", "level_arrays", "mean_sd", "evaluate_sweep",
            "write_figures", "report_document", "print_summary", "build_report", "metric_label", "fmt"]
