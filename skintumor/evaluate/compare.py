@@ -221,7 +221,8 @@ def comparison_document(result: dict) -> Document:
     doc.bullets([
         f"Paired bootstrap: {result['bootstrap']['replicates']} replicates (seed {result['bootstrap']['seed']}) "
         "resample patient groups with replacement; both models are scored on the same resample and the "
-        "difference A - B is recorded. Interval: 95 % percentile; p: twice the share of replicates on the far side of 0.",
+        "difference A - B is recorded. Interval: 95 % percentile, not adjusted for the number of metrics (it "
+        "can exclude 0 while the Holm-adjusted p is above 0.05); p: twice the share of replicates beyond 0.",
         "Holm correction over the headline metrics of a level, so looking at several metrics does not "
         "manufacture a significant one; per-class p values are unadjusted and only exploratory.",
         "Pooled = all shared out-of-fold predictions; fold mean ± SD = per-fold scores (not paired).",

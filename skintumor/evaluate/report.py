@@ -397,6 +397,9 @@ def report_document(sweep: Sweep, result: dict, figure_paths: dict[str, str]) ->
              f"({result['n_groups']} duplicate-aware groups), classes {', '.join(classes)}.")
     if sweep.overrides:
         doc.text("Run with: `" + " ".join(sweep.overrides) + "`")
+    if result["n_patients"] == result["n_images"]:
+        doc.text("Note: every patient has a single image here (no patient ids?), so the patient level "
+                 "repeats the image level.")
     for k, reason in sorted(sweep.missing.items()):
         doc.warning(f"fold {k} is missing: {reason}. No number below includes it.")
     for warning in sweep.warnings:
