@@ -21,7 +21,6 @@ from rich.table import Table
 
 from skintumor.augment.policy import PolicyError
 from skintumor.augment.search import SearchSettings, search_policy
-from skintumor.data.datamodule import decode_resized
 from skintumor.data.folds import PatientGroupedFolds
 from skintumor.data.manifest import DataError
 
@@ -43,13 +42,16 @@ def run_search(cfg: DictConfig) -> Path:
         raise PolicyError(f"{out}: already exists; policies are never overwritten")
     L.seed_everything(cfg.seed, workers=True)
 
+    # the training's own data path (data check, crop, near-duplicate groups, resize), so the folds and
+    # pixels are exactly the training's; the search itself only ever asks for the fold's training part
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    manifest = datamodule.load_manifest()  # no setup(): that would decode the test fold too
+    datamodule.setup()
+    manifest = datamodule.manifest
     folds = PatientGroupedFolds(manifest.labels, manifest.groups, cfg.data.n_folds, cfg.data.val_fraction,
                                 cfg.data.seed)
 
     def load_images(indices):
-        return decode_resized(manifest.subset(indices), cfg.data.image_size, with_masks=False)[0]
+        return [datamodule.images[i] for i in indices]
 
     def make_child(class_counts):
         module = hydra.utils.instantiate(cfg.model, classes=manifest.classes, class_counts=class_counts,

@@ -17,17 +17,26 @@ CLASSES = ("cyst", "lipoma", "pilomatricoma")
 
 def write_class_folders(root: Path, patients_per_class: int = 6, images_per_patient: int = 2,
                         size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
-    """root/<class>/<patient>_<view>.png with a class-dependent bright blob, plus patients.csv."""
+    """root/<class>/<patient>_<view>.png, plus patients.csv.
+
+    Each patient has its own smooth background and a lesion whose brightness depends on the class,
+    placed at random, so different patients are not near-duplicates; views of one patient are.
+    """
     rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
     rows = ["path,patient_id"]
     for c, cls in enumerate(CLASSES):
         (root / cls).mkdir(parents=True, exist_ok=True)
         for p in range(patients_per_class):
+            fy, fx, phase = rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3), rng.uniform(0, 6.3)
+            background = 60 + 40 * np.sin(fy * yy + phase) * np.cos(fx * xx)
+            cy, cx, r = rng.uniform(0.3 * h, 0.7 * h), rng.uniform(0.3 * w, 0.7 * w), rng.uniform(5, 9)
             for v in range(images_per_patient):
-                img = rng.integers(0, 60, size, dtype=np.uint8)
-                img[8:24, 6 + 12 * c:18 + 12 * c] += 150
+                lesion = (yy - cy - v) ** 2 + (xx - cx) ** 2 < r ** 2
+                img = background + rng.normal(0, 8, size) + lesion * (60 + 60 * c)
                 name = f"{cls}/{cls}{p}_{v}.png"
-                Image.fromarray(img).save(root / name)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name)
                 rows.append(f"{name},{cls}-P{p}")
     (root / "patients.csv").write_text("\n".join(rows) + "\n")
     return root

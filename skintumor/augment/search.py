@@ -3,7 +3,7 @@
 Protocol, for outer fold ``k``:
 
 1. Split the fold's training part into K patient-grouped, stratified inner folds
-   (:meth:`PatientGroupedFolds.inner_folds`); the outer test fold is never loaded.
+   (:meth:`PatientGroupedFolds.inner_folds`); only those rows are ever requested from the loader.
 2. On each inner training split, train a child model without augmentation (a few epochs).
 3. Density matching: a candidate policy is good if the child, trained on clean images, still finds
    the inner validation images likely after the policy has augmented them. Score = mean

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from skintumor.data.check import prepare_manifest
+from skintumor.data.dedup import DEFAULT_MAX_DISTANCE
 from skintumor.data.folds import PatientGroupedFolds, Split
 from skintumor.data.images import read_greyscale, read_mask
 from skintumor.data.manifest import Manifest, warn_mixed_label_patients
@@ -30,10 +33,16 @@ def decode_resized(manifest: Manifest, image_size: int, with_masks: bool = True)
         image = read_greyscale(manifest.image_path(i))
         mask_path = manifest.mask_path(i) if with_masks else None
         mask = read_mask(mask_path, image.shape) if mask_path is not None else None
-        images.append(_resize(image, image_size, cv2.INTER_AREA))
-        masks.append(_resize(mask.astype(np.uint8), image_size, cv2.INTER_NEAREST).astype(bool)
-                     if mask is not None else None)
+        image, mask = resize_pair(image, mask, image_size)
+        images.append(image)
+        masks.append(mask)
     return images, masks
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int):
+    """Image (INTER_AREA) and mask (nearest) stretched to ``size`` x ``size``: (image, mask)."""
+    return (_resize(image, size, cv2.INTER_AREA),
+            _resize(mask.astype(np.uint8), size, cv2.INTER_NEAREST).astype(bool) if mask is not None else None)
 
 
 def _resize(array: np.ndarray, size: int, interpolation: int) -> np.ndarray:
@@ -78,19 +87,24 @@ class UltrasoundDataModule(L.LightningDataModule):
             so ImageNet weights see what they expect; BatchNorm makes the exact value uncritical).
         augment: training transform applied to uint8 images (see :mod:`skintumor.augment`).
         manifest: a ready :class:`Manifest` instead of ``source`` (for notebooks and tests).
+        crop / dedup / max_distance / label_conflicts: the data check's options
+            (:func:`skintumor.data.check.prepare_manifest`): scan-area crop, near-duplicate
+            grouping, its threshold, and "keep" or "exclude" for near-duplicates with two labels.
     """
 
     def __init__(self, source: str | None = "folder", root: str | None = None, options: dict | None = None,
                  fold: int = 0, n_folds: int = 5, val_fraction: float = 0.2, seed: int = 42,
                  image_size: int = 224, batch_size: int = 16, num_workers: int = 0,
                  mean: float = 0.449, std: float = 0.226, augment: Augment | None = None,
-                 manifest: Manifest | None = None, pin_memory: bool = False):
+                 manifest: Manifest | None = None, pin_memory: bool = False, crop: bool = False,
+                 dedup: bool = False, max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep"):
         super().__init__()
         self.source, self.root, self.options = source, root, dict(options or {})
         self.fold, self.n_folds, self.val_fraction, self.seed = fold, n_folds, val_fraction, seed
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.mean, self.std, self.augment, self.pin_memory = mean, std, augment, pin_memory
         self.manifest = manifest
+        self.crop, self.dedup, self.max_distance, self.label_conflicts = crop, dedup, max_distance, label_conflicts
         self.split: Split | None = None
         self.images: list[np.ndarray] | None = None
         self.masks: list[np.ndarray | None] | None = None
@@ -106,7 +120,12 @@ class UltrasoundDataModule(L.LightningDataModule):
             return  # decoded once; fit, validate and test share the cache
         manifest = self.load_manifest()
         warn_mixed_label_patients(manifest)
-        self.images, self.masks = decode_resized(manifest, self.image_size)
+        # the data check: every bad file listed in one DataError, near-duplicates grouped
+        prepared = prepare_manifest(manifest, crop=self.crop, dedup=self.dedup, max_distance=self.max_distance,
+                                    label_conflicts=self.label_conflicts, progress=True,
+                                    transform=partial(resize_pair, size=self.image_size))
+        self.manifest, self.images, self.masks = prepared.manifest, prepared.images, prepared.masks
+        manifest = self.manifest
         folds = PatientGroupedFolds(manifest.labels, manifest.groups, self.n_folds, self.val_fraction, self.seed)
         self.split = folds.split(self.fold)
 

@@ -1,71 +1,151 @@
-"""Decode any supported image file into 8-bit greyscale, with errors that name the file."""
+"""Decode any supported image file into 8-bit greyscale, with errors that name the file.
+
+One rule for every format: colour becomes ITU-R 601 luma, alpha is dropped, palettes are expanded,
+and the pixel value is scaled by the *file's* bit depth (8-bit: /255, 16-bit: /65535, DICOM:
+/(2**BitsStored - 1)), never by the image's own maximum, so one grey level means the same in
+every file. DICOM files (``.dcm``/``.dicom`` or any file with the DICM preamble) are decoded by
+:mod:`skintumor.data.dicom`.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from skintumor.data.manifest import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the same weights as PIL's "L"
 
-def to_uint8_grey(array: np.ndarray) -> np.ndarray:
-    """HxW or HxWxC array of any integer/float depth -> HxW uint8.
 
-    Colour is converted with ITU-R 601 luma (as PIL's "L"); 16-bit and float images are scaled
-    by their dtype's range (not per image), so the same pixel value maps the same way in every file.
+def to_uint8_grey(array: np.ndarray, max_value: float | None = None) -> np.ndarray:
+    """HxW or HxWxC array (C = 1, 2 = LA, 3 = RGB or 4 = RGBA) -> HxW uint8.
+
+    Args:
+        array: pixel values; colour channels are RGB(A).
+        max_value: the value that becomes 255. Default: the dtype's range (uint8 255, uint16
+            65535, bool 1); float arrays are taken as 0..1 when their maximum is <= 1, else 0..255.
     """
+    if max_value is None:
+        max_value = _dtype_max(array)
     if array.ndim == 3:
-        if array.shape[2] == 4:  # RGBA: alpha is display-only for scans
-            array = array[..., :3]
+        if array.shape[2] in (2, 4):  # LA / RGBA: alpha is display-only for scans
+            array = array[..., :-1]
         if array.shape[2] == 1:
             array = array[..., 0]
+        elif array.shape[2] == 3:
+            array = array.astype(np.float64) @ _LUMA
         else:
-            array = array[..., 0] * 0.299 + array[..., 1] * 0.587 + array[..., 2] * 0.114
-    if array.dtype == np.uint8:
+            raise ValueError(f"cannot convert an image with {array.shape[2]} channels to greyscale")
+    elif array.ndim != 2:
+        raise ValueError(f"expected an HxW or HxWxC image, got shape {array.shape}")
+    if array.dtype == np.uint8 and max_value == 255:
         return array
+    scaled = array.astype(np.float64) * (255.0 / float(max_value))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _dtype_max(array: np.ndarray) -> float:
+    if array.dtype == bool:
+        return 1.0
     if np.issubdtype(array.dtype, np.integer):
-        top = 255.0 if array.max(initial=0) <= 255 else float(np.iinfo(array.dtype).max)
-    else:
-        top = 255.0 if array.max(initial=0) > 1.0 else 1.0
-    return np.clip(np.rint(array.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+        return float(np.iinfo(array.dtype).max)
+    return 1.0 if array.size == 0 or float(np.nanmax(array)) <= 1.0 else 255.0
 
 
 def read_greyscale(path: str | Path) -> np.ndarray:
-    """Read an image file as an HxW uint8 array; raise :class:`DataError` naming the file otherwise."""
-    path = Path(path)
+    """Read an image file (PNG/JPEG/BMP/TIFF/DICOM) as an HxW uint8 array.
+
+    Raises :class:`DataError` naming the file for anything that is not a decodable image.
+    """
+    return to_uint8_grey(*_decode(Path(path)))
+
+
+def _decode(path: Path) -> tuple[np.ndarray, float]:
+    """The file's pixels as stored (HxW or HxWxC, C = 1..4) and the value that means full white."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":  # palette: expand before converting
-                img = img.convert("RGB")
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img).astype(np.uint16 if img.mode != "I" else np.int32)
-                if img.mode == "I":
-                    array = np.clip(array, 0, 65535).astype(np.uint16)
-            elif img.mode in ("1", "L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "F"):
-                if img.mode in ("1", "LA", "CMYK", "YCbCr"):
-                    img = img.convert("L" if img.mode in ("1", "LA") else "RGB")
-                array = np.asarray(img)
-            else:
-                array = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: not a readable image ({str(err).splitlines()[0] or type(err).__name__})") from None
+    from skintumor.data import dicom  # late import: dicom imports this module
+
+    if dicom.is_dicom(path):
+        array, max_value = dicom.read_dicom_grey(path), 255.0
+    else:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)  # phone/camera JPEGs: pixels as every viewer shows them
+                array, max_value = _pillow_array(img)
+        except Exception as err:  # noqa: BLE001 - any decoder failure on user data is one clear line
+            first = (str(err).splitlines() or [""])[0] or type(err).__name__
+            raise DataError(f"{path}: not a readable image ({first})") from None
     if array.size == 0:
         raise DataError(f"{path}: image has no pixels")
-    return to_uint8_grey(array)
+    return array, max_value
 
 
-def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a lesion mask as an HxW bool array (any non-zero pixel is lesion)."""
-    mask = read_greyscale(path) > 0
-    if shape is not None and mask.shape != tuple(shape):
-        raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
-                        f"{shape[1]}x{shape[0]} px")
-    return mask
+def _pillow_array(img: Image.Image) -> tuple[np.ndarray, float]:
+    """The decoded pixels and the value that means full white, from the image's own bit depth."""
+    mode = img.mode
+    if mode.startswith("I;16"):
+        return np.asarray(img).astype(np.uint16), 65535.0
+    if mode == "I":  # 32-bit integer (Pillow's 16-bit fallback): clip to the 16-bit range
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16), 65535.0
+    if mode == "F":
+        array = np.asarray(img, dtype=np.float64)
+        return array, _dtype_max(array)
+    if mode in ("L", "LA", "RGB", "RGBA"):  # alpha kept: images drop it, masks may live in it
+        return np.asarray(img), 255.0
+    if mode == "1":
+        return np.asarray(img.convert("L")), 255.0
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        return np.asarray(img.convert("RGBA" if has_alpha else "RGB")), 255.0
+    return np.asarray(img.convert("RGB")), 255.0  # CMYK, YCbCr, LAB, ...
+
+
+def read_mask(path: str | Path | Sequence[str | Path], shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a lesion mask as an HxW bool array; several files are merged (their union).
+
+    Values are used as stored (a 16-bit label map of 0/1 stays 0/1). Binary masks and label maps
+    (at most 8 distinct values) count every non-zero pixel; masks with many grey levels
+    (JPEG-compressed) are thresholded at half their maximum so compression noise is not lesion.
+    Colour masks count any non-zero channel; a mask drawn only in the alpha channel (a
+    transparent overlay) uses the alpha channel.
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths:
+        raise ValueError("read_mask needs at least one path")
+    union = None
+    for p in paths:
+        mask = _binary(_decode(Path(p))[0])
+        if shape is not None and mask.shape != tuple(shape):
+            raise DataError(f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
+                            f"{shape[1]}x{shape[0]} px")
+        if union is not None and mask.shape != union.shape:
+            raise DataError(f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} px but {paths[0]} is "
+                            f"{union.shape[1]}x{union.shape[0]} px")
+        union = mask if union is None else union | mask
+    return union
+
+
+def _binary(array: np.ndarray) -> np.ndarray:
+    """Stored mask values (HxW or HxWxC) -> HxW bool, by the rules of :func:`read_mask`."""
+    if array.ndim == 3:
+        channels = array.shape[2]
+        colour = array[..., : channels - 1] if channels in (2, 4) else array
+        values = colour.max(axis=2)
+        if channels in (2, 4) and not values.any():
+            values = array[..., -1]  # the lesion is only in the alpha channel
+        array = values
+    if np.issubdtype(array.dtype, np.integer) and array.min() >= 0:
+        levels = np.count_nonzero(np.bincount(array.ravel()))  # a counting pass, faster than np.unique
+    else:
+        levels = len(np.unique(array))
+    if levels <= 8:
+        return array > 0
+    return array > array.max() / 2

@@ -6,7 +6,8 @@ Columns (in this order, then any source-specific extras such as phantom findings
     label       class name
     patient_id  patient identifier; images without one get a unique id of their own
     group_id    patient merged with near-duplicate groups; folds never split a group
-    mask_path   lesion mask relative to ``root``, or empty
+    mask_path   lesion mask relative to ``root``, or several joined by ``;`` (the mask is their
+                union, e.g. BUSI's ``_mask_1`` files), or empty
 
 The manifest is plain pandas + pathlib so it can be used from a notebook.
 """
@@ -21,6 +22,7 @@ import pandas as pd
 
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 CORE_COLUMNS = ("path", "label", "patient_id", "group_id", "mask_path")
+MASK_SEPARATOR = ";"
 
 
 class DataError(ValueError):
@@ -68,9 +70,18 @@ class Manifest:
     def image_path(self, i: int) -> Path:
         return self.root / self.table["path"].iloc[i]
 
-    def mask_path(self, i: int) -> Path | None:
+    def mask_path(self, i: int) -> Path | list[Path] | None:
+        """Row ``i``'s mask file, a list when it has several (their union is the mask), or None.
+
+        Either form can be passed to :func:`skintumor.data.images.read_mask`.
+        """
+        paths = self.mask_paths(i)
+        return None if not paths else paths[0] if len(paths) == 1 else paths
+
+    def mask_paths(self, i: int) -> list[Path]:
+        """Row ``i``'s mask files (empty list when it has no mask)."""
         value = self.table["mask_path"].iloc[i]
-        return self.root / value if value else None
+        return [self.root / part for part in value.split(MASK_SEPARATOR)] if value else []
 
     def subset(self, indices) -> Manifest:
         return Manifest(self.table.iloc[list(indices)].reset_index(drop=True), self.root, list(self.classes))
@@ -120,8 +131,10 @@ def _normalise(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
     blank = table[(table["path"] == "") | (table["label"] == "") | (table["patient_id"] == "")]
     if len(blank):
         raise DataError(f"{what}: row {blank.index[0] + 2} has an empty path, label or patient_id")
-    for col in ("path", "mask_path"):
-        table[col] = [_relative_inside(root, v, col, what) if v else v for v in table[col]]
+    table["path"] = [_relative_inside(root, v, "path", what) for v in table["path"]]
+    table["mask_path"] = [MASK_SEPARATOR.join(_relative_inside(root, part.strip(), "mask_path", what)
+                                              for part in v.split(MASK_SEPARATOR)) if v else v
+                          for v in table["mask_path"]]
     extras = [c for c in table.columns if c not in CORE_COLUMNS]
     return table[list(CORE_COLUMNS) + extras].reset_index(drop=True)
 
