@@ -4,8 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
+FOLDS  ?= 0,1,2,3,4
+NAME   ?= cv
 
-.PHONY: help install train test test-slow clean
+.PHONY: help install train cv search paper test test-slow clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +22,24 @@ install: $(STAMP)  ## create .venv and install the project (done by every target
 
 train: $(STAMP)  ## train on the embedded phantom (extra Hydra overrides: make train ARGS="model=resnet18")
 	$(PY) -m skintumor.train $(ARGS)
+
+cv: $(STAMP)  ## cross-validation over FOLDS + report in outputs/cv/NAME_<time> (make cv NAME=resnet ARGS="model=resnet18")
+	@name=$(NAME)_$$(date +%Y-%m-%d_%H-%M-%S); dir=outputs/cv/$$name; \
+	$(PY) -m skintumor.train -m data.fold=$(FOLDS) sweep_name=$$name hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
+	test -f $$dir/report.md || $(PY) -m skintumor.report $$dir; \
+	echo "sweep directory: $$dir"; exit $$status
+
+paper: $(STAMP)  ## the study's protocol: a policy search per outer fold, then 5-fold CV with those policies + report
+	@name=paper_$$(date +%Y-%m-%d_%H-%M-%S); dir=outputs/paper/$$name; \
+	$(PY) -m skintumor.search -m experiment=paper data.fold=$(FOLDS) hydra.sweep.dir=$$dir/search $(ARGS) && \
+	$(PY) -m skintumor.train -m experiment=paper data.fold=$(FOLDS) augment=policy \
+	  "augment.path=$$dir/search/fold_\$${data.fold}/policy_fold\$${data.fold}.json" \
+	  sweep_name=$$name hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
+	test -f $$dir/report.md || $(PY) -m skintumor.report $$dir; \
+	echo "sweep directory: $$dir"; exit $$status
+
+search: $(STAMP)  ## learn an augmentation policy for one outer fold (make search ARGS="data.fold=1")
+	$(PY) -m skintumor.search $(ARGS)
 
 test: $(STAMP)  ## the default test suite (a few minutes on 2 CPU cores)
 	$(PY) -m pytest -q $(ARGS)

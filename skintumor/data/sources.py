@@ -215,9 +215,16 @@ def busi_manifest(root: str | Path = BUSI_ROOT, classes: list[str] | None = None
     return Manifest(table, root, [d.name for d in class_dirs])
 
 
+def _phantom(root="outputs/phantom", **options) -> Manifest:
+    from skintumor.data.phantom import phantom_manifest  # imported on use: keeps `import sources` light
+
+    return phantom_manifest(root, **options)
+
+
 SOURCES: dict[str, Callable[..., Manifest]] = {
     "folder": folder_manifest,
     "csv": csv_manifest,
+    "phantom": _phantom,
     "dicom": dicom_manifest,
     "busi": busi_manifest,
 }

@@ -1,0 +1,77 @@
+"""Hydra callbacks for cross-validation sweeps (``python -m skintumor.train -m data.fold=0,1,2,3,4``).
+
+- :class:`CrossValidationReport` writes the out-of-fold report into the sweep directory when the
+  multirun ends (configured in ``conf/hydra/default.yaml``).
+- :class:`OneDevicePerJob` gives each parallel job its own GPU (or its share of the CPU threads);
+  it acts only when the launcher runs several jobs at once (``hydra/launcher=parallel``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+
+
+class CrossValidationReport(Callback):
+    """After a multirun whose job directories are ``fold_<k>``, run :func:`build_report` on the sweep.
+
+    A report failure is printed, never raised: the trained folds stay valid. If a fold fails, Hydra
+    stops before this hook; ``make cv`` then runs ``python -m skintumor.report`` itself.
+    """
+
+    def __init__(self, n_boot: int = 2000, seed: int = 0):
+        self.n_boot, self.seed = int(n_boot), int(seed)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if not str(config.hydra.sweep.subdir).startswith("fold_"):
+            return  # not a sweep over folds
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        console = Console()
+        try:
+            from skintumor.evaluate.report import build_report
+
+            build_report(sweep_dir, n_boot=self.n_boot, seed=self.seed, console=console)
+            console.print(f"cross-validation report: {sweep_dir / 'report.html'}", soft_wrap=True)
+        except Exception as err:  # noqa: BLE001 - the sweep's results must survive a report bug
+            console.print(f"[bold red]report not written:[/] {err} "
+                          f"(retry: python -m skintumor.report {sweep_dir})", soft_wrap=True)
+
+
+class OneDevicePerJob(Callback):
+    """Pin every parallel job (joblib worker process) to one GPU, or to its share of CPU threads.
+
+    GPU: ``CUDA_VISIBLE_DEVICES`` = job number modulo the number of GPUs, set at the first job a
+    worker runs (before CUDA starts); the worker keeps that GPU for its later jobs, so with
+    ``n_jobs`` = number of GPUs each GPU trains one fold at a time. Without GPUs: torch threads =
+    CPU cores // ``n_jobs``, so parallel folds do not fight over the cores.
+    """
+
+    def __init__(self, n_jobs: int = 1):
+        n_jobs = int(n_jobs)
+        self.n_jobs = n_jobs if n_jobs > 0 else (os.cpu_count() or 1)  # joblib: -1 = one per core
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if self.n_jobs == 1:
+            return  # sequential jobs (and single runs, DDP included) keep every device
+        gpus = visible_gpus()
+        if len(gpus) > 1 and "SKINTUMOR_PINNED_GPU" not in os.environ:
+            gpu = gpus[int(config.hydra.job.num) % len(gpus)]
+            os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["SKINTUMOR_PINNED_GPU"] = gpu
+        elif not gpus:
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_jobs))
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, found without starting CUDA (which would freeze the choice):
+    ``CUDA_VISIBLE_DEVICES`` if set, else the NVIDIA driver's list (Linux)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
+    return [str(i) for i in range(len(list(Path("/proc/driver/nvidia/gpus").glob("*"))))]
+
+
+__all__ = ["CrossValidationReport", "OneDevicePerJob", "visible_gpus"]
