@@ -2,7 +2,7 @@
 
     python benchmarks/explain_agreement.py busi-manifest            # outputs/busi_masks/manifest.csv
     python benchmarks/explain_agreement.py train busi RUN_DIR [overrides...]
-    python -m skintumor.data.phantom --out outputs/phantom_80 --image-size 80
+    python -m skintumor.data.phantom --out outputs/phantom_80_main --image-size 80
     python benchmarks/explain_agreement.py train phantom RUN_DIR [overrides...]
     python -m skintumor.explain RUN_DIR                              # the maps and statistics
     python benchmarks/explain_agreement.py summarise RUN_DIR [RUN_DIR ...]   # markdown tables
@@ -32,9 +32,9 @@ COMMON = ["data.n_folds=5", "data.batch_size=16", "trainer.accelerator=cpu", "lo
 TRAIN = {
     "busi": ["data=csv", f"data.options.manifest={OUT / 'busi_masks' / 'manifest.csv'}",
              "data.image_size=80", "trainer.max_epochs=8"],
-    # the phantom rendered at 80 px once (python -m skintumor.data.phantom --out outputs/phantom_80
+    # the phantom rendered at 80 px once (python -m skintumor.data.phantom --out outputs/phantom_80_main
     # --image-size 80), read through its manifest.csv, which carries the masks and findings
-    "phantom": ["data=csv", f"data.options.manifest={OUT / 'phantom_80' / 'manifest.csv'}",
+    "phantom": ["data=csv", f"data.options.manifest={OUT / 'phantom_80_main' / 'manifest.csv'}",
                 "data.image_size=80", "trainer.max_epochs=8"],
 }
 
