@@ -1,4 +1,4 @@
-"""Agreement and faithfulness numbers for benchmarks/results/explain.md, from short trained runs.
+"""Agreement and faithfulness numbers for benchmarks/RESULTS.md, from short trained runs.
 
     python benchmarks/explain_agreement.py busi-manifest            # outputs/busi_masks/manifest.csv
     python benchmarks/explain_agreement.py train busi RUN_DIR [overrides...]

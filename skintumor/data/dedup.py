@@ -8,7 +8,7 @@ the sum keeps true copies close and different lesions far.
 
 On BUSI (780 images) every pair up to 27 inspected by eye showed one lesion, the first pair of
 different lesions is at 28, and frames of one lesion reach into the low 30s
-(benchmarks/results/realdata.md); the default 24 stays below the first false match.
+(benchmarks/RESULTS.md); the default 24 stays below the first false match.
 
 Near-duplicates and images of one patient are joined into one group (connected components of
 "same patient" and "near-duplicate" edges); the manifest's ``group_id`` is that group, so
