@@ -58,11 +58,7 @@ def overlay_figure(case: Case, path: str | Path, methods=None) -> Path:
     verdict = "correct" if case.correct else "WRONG"
     fig.suptitle(f"{case.name}   true: {case.label}   predicted: {case.pred} ({verdict})   [{probs}]", fontsize=7)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def gallery_figure(cases: list[Case], cls: str, path: str | Path, method: str = "gradcam", per_row: int = 6) -> Path:
@@ -83,6 +79,11 @@ def gallery_figure(cases: list[Case], cls: str, path: str | Path, method: str = 
                    f"{kind}: {case.pred} {case.probs.get(case.pred, float('nan')):.2f}")
     fig.suptitle(f"true class {cls}: {TITLES.get(method, method)} (top: correct, bottom: wrong)", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as PNG (creating folders) and free it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
