@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torchvision.models import resnet18
 
 from skintumor.models import AttentionGatedResNet18, FocalLoss, GridAttentionGate, inverse_frequency_alpha
+from skintumor.models.attention_resnet import WeightsError
 
 
 @pytest.mark.parametrize("size", [64, 128, 224])
@@ -73,3 +74,14 @@ def test_inverse_frequency_alpha_gives_rarest_class_most_weight():
     alpha = inverse_frequency_alpha([149, 74, 32])
     assert alpha[2] > alpha[1] > alpha[0]
     assert sum(alpha) == pytest.approx(3.0)
+
+
+def test_unusable_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsError, match="weights file not found"):
+        AttentionGatedResNet18(weights_path=str(tmp_path / "missing.pth"))
+    (tmp_path / "junk.pth").write_text("not torch")
+    with pytest.raises(WeightsError, match="junk.pth: not a readable weights file"):
+        AttentionGatedResNet18(weights_path=str(tmp_path / "junk.pth"))
+    torch.save({"fc.weight": torch.zeros(3, 512)}, tmp_path / "heads_only.pth")
+    with pytest.raises(WeightsError, match="no ResNet trunk weights"):
+        AttentionGatedResNet18(weights_path=str(tmp_path / "heads_only.pth"))

@@ -102,3 +102,10 @@ def test_bad_data_is_one_clear_line(tmp_path):
     proc = _run("data=folder", f"data.root={tmp_path / 'data'}", "debug=fdr", f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2
     assert "a.png: file is empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_weights_file_is_one_clear_line(tiny_folder, tmp_path):
+    proc = _run("data=folder", f"data.root={tiny_folder}", "data.image_size=32", "data.n_folds=3", "debug=fdr",
+                f"model.net.weights_path={tmp_path / 'resnet18.pth'}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 2
+    assert "resnet18.pth: weights file not found" in proc.stderr and "Traceback" not in proc.stderr

@@ -23,6 +23,10 @@ from skintumor.models.gates import GridAttentionGate, attention_pool
 AGGREGATIONS = ("ft", "deep_sup", "concat")
 
 
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be had (no network, missing or unsuitable file)."""
+
+
 @dataclass
 class ModelOutput:
     """logits (B, C); branch_logits: per-branch head logits (B, C) for ft/deep_sup (gate2, gate3,
@@ -67,7 +71,12 @@ class AttentionGatedResNet18(nn.Module):
                 self.head4 = nn.Linear(512, num_classes)
                 self.fuse = nn.Linear(3 * num_classes, num_classes)
         if pretrained:
-            self.load_trunk_weights(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True))
+            try:
+                weights = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+            except Exception as err:  # urllib/ssl/hash errors: say what to do instead
+                raise WeightsError(f"could not download torchvision's ImageNet ResNet18 weights ({err}); "
+                                   "download resnet18-f37072fd.pth elsewhere and set model.net.weights_path=FILE") from None
+            self.load_trunk_weights(weights)
         if weights_path:
             self.load_trunk_weights(_read_state_dict(weights_path))
 
@@ -109,21 +118,24 @@ class AttentionGatedResNet18(nn.Module):
         trunk_keys = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
         state = {k: v for k, v in state_dict.items() if k.startswith(trunk_keys)}
         if not state:
-            raise ValueError("no ResNet trunk weights (conv1/bn1/layer1-4) found in the weights file")
+            raise WeightsError("no ResNet trunk weights (conv1/bn1/layer1-4) found in the weights file")
         if state["conv1.weight"].shape[1] == 3:
             state["conv1.weight"] = state["conv1.weight"].mean(dim=1, keepdim=True)
         missing, _ = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if k.startswith(trunk_keys)]
         if missing:
-            raise ValueError(f"weights file lacks trunk weights: {', '.join(missing[:3])} ...")
+            raise WeightsError(f"weights file lacks trunk weights: {', '.join(missing[:3])} ...")
 
 
 def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A torchvision state dict, or a skintumor/Lightning checkpoint (its ``model.`` weights)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or one that needs unpickling arbitrary objects
+        raise WeightsError(f"{path}: not a readable weights file ({str(err).splitlines()[0]})") from None
     if "state_dict" in data:  # Lightning checkpoint of SkinTumorClassifier
         data = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
     return data
