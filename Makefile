@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 FOLDS  ?= 0,1,2,3,4
 NAME   ?= cv
+SEARCH_ARGS ?=
+TRAIN_ARGS  ?=
 
 .PHONY: help install train cv search paper test test-slow clean
 
@@ -29,12 +31,12 @@ cv: $(STAMP)  ## cross-validation over FOLDS + report in outputs/cv/NAME_<time> 
 	test -f $$dir/report.md || $(PY) -m skintumor.report $$dir; \
 	echo "sweep directory: $$dir"; exit $$status
 
-paper: $(STAMP)  ## the study's protocol: a policy search per outer fold, then 5-fold CV with those policies + report
+paper: $(STAMP)  ## the study's protocol: policy search per outer fold, then CV with those policies + report (ARGS to both, SEARCH_ARGS/TRAIN_ARGS to one)
 	@name=paper_$$(date +%Y-%m-%d_%H-%M-%S); dir=outputs/paper/$$name; \
-	$(PY) -m skintumor.search -m experiment=paper data.fold=$(FOLDS) hydra.sweep.dir=$$dir/search $(ARGS) && \
+	$(PY) -m skintumor.search -m experiment=paper data.fold=$(FOLDS) hydra.sweep.dir=$$dir/search $(ARGS) $(SEARCH_ARGS) && \
 	$(PY) -m skintumor.train -m experiment=paper data.fold=$(FOLDS) augment=policy \
 	  "augment.path=$$dir/search/fold_\$${data.fold}/policy_fold\$${data.fold}.json" \
-	  sweep_name=$$name hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
+	  sweep_name=$$name hydra.sweep.dir=$$dir $(ARGS) $(TRAIN_ARGS); status=$$?; \
 	test -f $$dir/report.md || $(PY) -m skintumor.report $$dir; \
 	echo "sweep directory: $$dir"; exit $$status
 
