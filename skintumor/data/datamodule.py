@@ -10,7 +10,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from skintumor.data.check import prepare_manifest
 from skintumor.data.dedup import DEFAULT_MAX_DISTANCE
@@ -19,6 +19,7 @@ from skintumor.data.images import read_greyscale, read_mask
 from skintumor.data.manifest import Manifest, warn_mixed_label_patients
 from skintumor.data.sources import load_source
 
+SAMPLERS = (None, "balanced")
 Augment = Callable[..., dict]  # albumentations-style: augment(image=uint8 HxW) -> {"image": uint8 HxW}
 
 
@@ -90,6 +91,9 @@ class UltrasoundDataModule(L.LightningDataModule):
         crop / dedup / max_distance / label_conflicts: the data check's options
             (:func:`skintumor.data.check.prepare_manifest`): scan-area crop, near-duplicate
             grouping, its threshold, and "keep" or "exclude" for near-duplicates with two labels.
+        sampler: None (shuffle the training part) or "balanced": draw training images with
+            replacement, weight 1/(images of its class), so every class is equally likely per draw;
+            an epoch still has len(training part) draws; seeded from ``seed``.
     """
 
     def __init__(self, source: str | None = "folder", root: str | None = None, options: dict | None = None,
@@ -97,8 +101,12 @@ class UltrasoundDataModule(L.LightningDataModule):
                  image_size: int = 224, batch_size: int = 16, num_workers: int = 0,
                  mean: float = 0.449, std: float = 0.226, augment: Augment | None = None,
                  manifest: Manifest | None = None, pin_memory: bool = False, crop: bool = False,
-                 dedup: bool = False, max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep"):
+                 dedup: bool = False, max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep",
+                 sampler: str | None = None):
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+        self.sampler = sampler
         self.source, self.root, self.options = source, root, dict(options or {})
         self.fold, self.n_folds, self.val_fraction, self.seed = fold, n_folds, val_fraction, seed
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
@@ -152,13 +160,22 @@ class UltrasoundDataModule(L.LightningDataModule):
         return CachedImageDataset(self.images, self.manifest.labels, getattr(self.split, part),
                                   self.mean, self.std, augment)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
-                          drop_last=shuffle and len(dataset) > self.batch_size)
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.pin_memory, drop_last=shuffle and len(dataset) > self.batch_size)
+
+    def balanced_sampler(self) -> WeightedRandomSampler:
+        """Draws the training part with replacement, each image weighted 1/(its class's count)."""
+        labels = np.asarray(self.manifest.labels)[self.split.train]
+        weights = 1.0 / np.bincount(labels)[labels]
+        generator = torch.Generator().manual_seed(self.seed)  # same draws for the same seed
+        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
+                                     replacement=True, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("train", self.augment), shuffle=True)
+        sampler = self.balanced_sampler() if self.sampler == "balanced" else None
+        return self._loader(self._dataset("train", self.augment), shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("val", None), shuffle=False)

@@ -136,6 +136,7 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file, or one that needs unpickling arbitrary objects
         raise WeightsError(f"{path}: not a readable weights file ({str(err).splitlines()[0]})") from None
-    if "state_dict" in data:  # Lightning checkpoint of SkinTumorClassifier
-        data = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
+    if "state_dict" in data:  # Lightning checkpoint of SkinTumorClassifier (its EMA weights if it has them)
+        prefix = "ema.module." if any(k.startswith("ema.module.") for k in data["state_dict"]) else "model."
+        data = {k.removeprefix(prefix): v for k, v in data["state_dict"].items() if k.startswith(prefix)}
     return data

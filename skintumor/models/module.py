@@ -12,12 +12,14 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from skintumor.evaluate.metrics import stage_metrics, summarise
 from skintumor.models.attention_resnet import AttentionGatedResNet18
 from skintumor.models.losses import FocalLoss, inverse_frequency_alpha
 
 STAGES = ("train", "val", "test")
+TTA = (None, "hflip")
 
 
 class SkinTumorClassifier(L.LightningModule):
@@ -31,13 +33,26 @@ class SkinTumorClassifier(L.LightningModule):
             ``warmup_epochs`` (cosine), ``min_lr`` (cosine).
         class_counts: training images per class, for alpha "auto".
         channels_last: NHWC memory format (faster on CPU with oneDNN and on tensor-core GPUs).
+        ema_decay: None, or the decay of an exponential moving average of the weights (e.g. 0.999),
+            updated after every training batch (one optimiser step). Validation and test evaluate
+            the averaged model directly (``self.ema.module``); no weights are swapped, so training
+            never sees them. The checkpoint holds both (``model.*`` raw, ``ema.module.*``
+            averaged), so best.ckpt holds the EMA weights that were validated, and
+            :func:`load_classifier` returns them. BatchNorm statistics are averaged too.
+        tta: None, or "hflip": at validation and test, probabilities are the mean of the softmax of
+            the image and of its horizontal (left-right) mirror. The loss uses the image alone.
     """
 
     def __init__(self, classes: list[str], net: dict | None = None, loss: dict | None = None,
                  optimizer: dict | None = None, scheduler: dict | None = None,
                  class_counts: list[int] | None = None, image_size: int = 224,
-                 mean: float = 0.449, std: float = 0.226, channels_last: bool = True):
+                 mean: float = 0.449, std: float = 0.226, channels_last: bool = True,
+                 ema_decay: float | None = None, tta: str | None = None):
         super().__init__()
+        if tta not in TTA:
+            raise ValueError(f"model.tta must be one of {TTA}, got {tta!r}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
         loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4) | dict(loss or {})
         if loss["alpha"] == "auto":
             if class_counts is None:
@@ -48,7 +63,7 @@ class SkinTumorClassifier(L.LightningModule):
                                        optimizer=dict(name="adam", lr=1e-4, weight_decay=0.0) | dict(optimizer or {}),
                                        scheduler=dict(name="step", step_size=7, gamma=0.1) | dict(scheduler or {}),
                                        class_counts=class_counts, image_size=image_size, mean=mean, std=std,
-                                       channels_last=channels_last))
+                                       channels_last=channels_last, ema_decay=ema_decay, tta=tta))
         self.classes = list(classes)
         self.model = AttentionGatedResNet18(**net)
         self.criterion = FocalLoss(loss["gamma"], loss["alpha"], loss["label_smoothing"])
@@ -58,6 +73,14 @@ class SkinTumorClassifier(L.LightningModule):
         self._test_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.ema: AveragedModel | None = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)  # never optimised (and DDP ignores it)
+
+    def eval_model(self) -> AttentionGatedResNet18:
+        """The network validation and test use: the EMA average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) normalised images -> logits (B, C)."""
@@ -65,16 +88,36 @@ class SkinTumorClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def predict_proba(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, H, W) -> probabilities (B, C) as validation and test compute them (EMA, TTA).
+
+        ``logits``: the evaluated network's logits of ``x`` when already computed.
+        """
+        net = self.eval_model()
+        if logits is None:
+            logits = net(x)
+        probs = torch.softmax(logits.float(), dim=1)
+        if self.hparams.tta == "hflip":
+            mirrored = net(torch.flip(x, dims=[-1]))  # width axis
+            probs = (probs + torch.softmax(mirrored.float(), dim=1)) / 2
+        return probs
+
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, rows = batch
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.model.forward_details(x)
+        net = self.model if stage == "train" else self.eval_model()
+        out = net.forward_details(x)
         loss = self.criterion(out.logits, y)
         if stage == "train" and self.model.aggregation == "deep_sup" and out.branch_logits:
             aux = torch.stack([self.criterion(b, y) for b in out.branch_logits]).mean()
             loss = loss + self.aux_weight * aux
-        probs = torch.softmax(out.logits.float(), dim=1)
+        probs = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.predict_proba(x, out.logits)
+        if stage == "val":
+            for name, alpha in out.attention.items():  # does the gate vary within an image?
+                spread = alpha.float().flatten(1).std(dim=1).mean()
+                self.log(f"val/{name}_spread", spread, on_step=False, on_epoch=True, batch_size=len(y),
+                         sync_dist=True)
         self.metrics[f"{stage}_metrics"].update(probs, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,
                  batch_size=len(y), sync_dist=True)
@@ -82,6 +125,10 @@ class SkinTumorClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")[0]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -121,7 +168,7 @@ class SkinTumorClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         opt_cfg, sch_cfg = dict(self.hparams.optimizer), dict(self.hparams.scheduler)
-        optimizer = build_optimizer(self.parameters(), **opt_cfg)
+        optimizer = build_optimizer(self.model.parameters(), **opt_cfg)  # never the EMA copy
         scheduler = build_scheduler(optimizer, max_epochs=self.trainer.max_epochs,
                                     total_steps=self.trainer.estimated_stepping_batches, **sch_cfg)
         if scheduler is None:
@@ -167,10 +214,15 @@ def build_scheduler(optimizer, name: str = "step", max_epochs: int = 30, total_s
 
 
 def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTumorClassifier:
-    """Rebuild a trained classifier from a checkpoint; reads tensors and plain data only."""
+    """Rebuild a trained classifier from a checkpoint; reads tensors and plain data only.
+
+    With EMA (``ema_decay`` set) ``.model`` gets the averaged weights, the ones that were validated.
+    """
     data = torch.load(Path(checkpoint), map_location=map_location, weights_only=True)
     hp = dict(data["hyper_parameters"])
     hp["net"] = dict(hp["net"]) | {"pretrained": False, "weights_path": None}  # weights come from the file
     module = SkinTumorClassifier(**hp)
     module.load_state_dict(data["state_dict"])
+    if module.ema is not None:
+        module.model.load_state_dict(module.ema.module.state_dict())
     return module.eval()

@@ -1,0 +1,172 @@
+"""Recipe options (all off by default): balanced sampling, EMA, SWA, hflip TTA, gate spread logging."""
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from conftest import CLASSES, REPO
+from skintumor.data.datamodule import UltrasoundDataModule
+from skintumor.models.module import SkinTumorClassifier, load_classifier
+
+NET = dict(attention=True, aggregation="ft", normalization="sigmoid")
+
+
+@pytest.fixture(scope="module")
+def imbalanced_folder(tmp_path_factory) -> Path:
+    """30 / 9 / 6 images of 32 px, each its own patient; class brightness differs."""
+    root = tmp_path_factory.mktemp("imbalanced")
+    rng = np.random.default_rng(1)
+    for c, (cls, n) in enumerate(zip(CLASSES, (30, 9, 6))):
+        (root / cls).mkdir()
+        for i in range(n):
+            image = rng.normal(60 + 50 * c, 20, (32, 32)) + np.linspace(0, 40 * rng.random(), 32)[None, :]
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / cls / f"{cls}{i}.png")
+    return root
+
+
+def _datamodule(root, **kwargs) -> UltrasoundDataModule:
+    dm = UltrasoundDataModule(source="folder", root=str(root), n_folds=3, image_size=32, batch_size=8, **kwargs)
+    dm.setup()
+    return dm
+
+
+def _drawn_labels(dm, epochs: int) -> np.ndarray:
+    loader = dm.train_dataloader()  # once, as Lightning does: the sampler's generator runs on across epochs
+    return np.concatenate([y.numpy() for _ in range(epochs) for _, y, _ in loader])
+
+
+def test_balanced_sampler_draws_classes_near_uniformly(imbalanced_folder):
+    plain = _datamodule(imbalanced_folder)
+    balanced = _datamodule(imbalanced_folder, sampler="balanced")
+    labels_plain = _drawn_labels(plain, 10)
+    shares_plain = np.bincount(labels_plain, minlength=3) / len(labels_plain)
+    labels = _drawn_labels(balanced, 20)
+    shares = np.bincount(labels, minlength=3) / len(labels)
+    assert shares_plain[0] > 0.55  # the imbalance the sampler has to undo
+    assert np.all(np.abs(shares - 1 / 3) < 0.08), shares
+    assert len(balanced.train_dataloader().dataset) == len(plain.split.train)
+    # seeded: a fresh data module with the same seed draws the same sequence
+    again = _datamodule(imbalanced_folder, sampler="balanced")
+    assert np.array_equal(_drawn_labels(again, 1), _drawn_labels(_datamodule(imbalanced_folder, sampler="balanced"), 1))
+    with pytest.raises(ValueError, match="sampler"):
+        UltrasoundDataModule(source="folder", root=str(imbalanced_folder), sampler="uniform")
+
+
+def _trainer(tmp_path, epochs=1) -> L.Trainer:
+    return L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                     limit_train_batches=2, limit_val_batches=2, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+
+
+def test_ema_is_validated_and_checkpointed(imbalanced_folder, tmp_path):
+    torch.manual_seed(0)
+    dm = _datamodule(imbalanced_folder)
+    module = SkinTumorClassifier(dm.classes, net=NET, class_counts=dm.class_counts("train"), image_size=32,
+                                 optimizer=dict(lr=1e-3), ema_decay=0.9)
+    assert module.eval_model() is module.ema.module
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, datamodule=dm)
+    raw = module.model.state_dict()
+    ema = module.ema.module.state_dict()
+    assert int(module.ema.n_averaged) == trainer.global_step > 0
+    assert any(not torch.allclose(raw[k].float(), ema[k].float()) for k in raw if raw[k].is_floating_point())
+    # the optimiser trains the raw weights only
+    assert all(p.requires_grad is False for p in module.ema.parameters())
+    path = tmp_path / "ema.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = load_classifier(path)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, ema[key]), key
+    # the probabilities validation computed are those of the EMA network, and the reloaded model gives them too
+    x = next(iter(dm.val_dataloader()))[0]
+    module.eval()
+    with torch.no_grad():
+        expected = torch.softmax(module.ema.module(x), dim=1)
+        assert torch.allclose(module.predict_proba(x), expected, atol=1e-6)
+        assert torch.allclose(torch.softmax(loaded(x), dim=1), expected, atol=1e-5)
+        assert not torch.allclose(module.model(x), module.ema.module(x), atol=1e-4)  # raw != averaged
+
+
+def test_hflip_tta_makes_predictions_mirror_invariant():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 32, 32)
+    mirror = torch.flip(x, dims=[-1])
+    for tta, invariant in ((None, False), ("hflip", True)):
+        torch.manual_seed(0)
+        module = SkinTumorClassifier(list(CLASSES), net=NET, class_counts=[1, 1, 1], image_size=32, tta=tta).eval()
+        with torch.no_grad():
+            same = torch.allclose(module.predict_proba(x), module.predict_proba(mirror), atol=1e-6)
+        assert same is invariant, tta
+    with pytest.raises(ValueError, match="tta"):
+        SkinTumorClassifier(list(CLASSES), class_counts=[1, 1, 1], tta="vflip")
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_gate_spread_logged_for_attention_model_only(imbalanced_folder, tmp_path, attention):
+    torch.manual_seed(0)
+    dm = _datamodule(imbalanced_folder)
+    module = SkinTumorClassifier(dm.classes, net=NET | {"attention": attention}, class_counts=[1, 1, 1], image_size=32)
+    if attention:
+        with torch.no_grad():
+            for gate in (module.model.gate2, module.model.gate3):
+                gate.psi.weight.mul_(50.0)
+    trainer = _trainer(tmp_path)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    metrics = trainer.callback_metrics
+    for name in ("val/gate2_spread", "val/gate3_spread"):
+        if attention:
+            assert float(metrics[name]) > 0.01, name
+        else:
+            assert name not in metrics
+
+
+def test_swa_config_composes():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["callbacks=swa"])
+        default = compose(config_name="train")
+    assert cfg.callbacks.swa._target_.endswith("StochasticWeightAveraging")
+    assert cfg.callbacks.swa.swa_lrs > 0 and 0 < cfg.callbacks.swa.swa_epoch_start
+    assert "model_checkpoint" in cfg.callbacks
+    # every recipe option is off by default
+    assert default.data.sampler is None and default.model.ema_decay is None and default.model.tta is None
+    assert "swa" not in default.callbacks
+
+
+def test_swa_two_epoch_tiny_run_finishes(imbalanced_folder, tmp_path):
+    """The configured SWA callback, averaging from epoch 1 of 2, in a plain Trainer."""
+    import hydra
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["callbacks=swa", "callbacks.swa.swa_epoch_start=1"])
+    swa = hydra.utils.instantiate(cfg.callbacks.swa)
+    torch.manual_seed(0)
+    dm = _datamodule(imbalanced_folder)
+    module = SkinTumorClassifier(dm.classes, net=NET, class_counts=dm.class_counts("train"), image_size=32)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False, callbacks=[swa])
+    trainer.fit(module, datamodule=dm)
+    assert trainer.current_epoch >= 2 and swa.n_averaged is not None and int(swa.n_averaged) >= 1
+    assert "val/auroc_macro" in trainer.callback_metrics
+
+
+@pytest.mark.slow
+def test_tiny_run_with_recipe_options(tiny_folder, tmp_path):
+    """callbacks=swa + balanced sampler + EMA + TTA through the entry point, 2 epochs at 32 px."""
+    run_dir = tmp_path / "r"
+    proc = subprocess.run(
+        [sys.executable, "-m", "skintumor.train", "data=folder", f"data.root={tiny_folder}",
+         f"data.options.patients_csv={tiny_folder}/patients.csv", "data.image_size=32", "data.n_folds=3",
+         "data.batch_size=4", "trainer.max_epochs=2", "trainer.accelerator=cpu", "logger=csv",
+         "callbacks=swa", "callbacks.swa.swa_epoch_start=1", "data.sampler=balanced",
+         "model.ema_decay=0.9", "model.tta=hflip", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "predictions_test.csv").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    logged = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    assert logged["val/gate2_spread"].notna().any()
+    assert load_classifier(run_dir / "checkpoints" / "best.ckpt").hparams.ema_decay == 0.9
