@@ -10,7 +10,6 @@ A thin Hydra entry point (same data/model config groups as training) around
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -21,17 +20,15 @@ from rich.table import Table
 
 from skintumor.augment.policy import PolicyError
 from skintumor.augment.search import SearchSettings, search_policy
+from skintumor.cli import one_line_user_errors
 from skintumor.data.folds import PatientGroupedFolds
 from skintumor.data.manifest import DataError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="search")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_user_errors():  # bad data or policy path: one clear line, no traceback
         run_search(cfg)
-    except DataError as err:  # bad data or policy path: one clear line, no traceback
-        Console(stderr=True).print(f"[bold red]data error:[/] {err}", highlight=False)
-        sys.exit(2)
 
 
 def run_search(cfg: DictConfig) -> Path:

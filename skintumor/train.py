@@ -10,34 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.markup import escape
 
 from skintumor.augment import build_augmentation
+from skintumor.cli import one_line_user_errors
 from skintumor.data.manifest import DataError
 from skintumor.evaluate.predictions import write_predictions
-from skintumor.models.attention_resnet import WeightsError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    with one_line_user_errors():
         return train(cfg)
-    except Exception as err:
-        # the user's input is wrong: one clear line, no traceback (Hydra wraps errors of instantiate)
-        cause = err.__cause__ if isinstance(err, InstantiationException) else err
-        if not isinstance(cause, (DataError, WeightsError)):
-            raise
-        kind = "data error" if isinstance(cause, DataError) else "weights error"
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]{kind}:[/] {escape(str(cause))}", highlight=False)
-        sys.exit(2)
 
 
 def train(cfg: DictConfig) -> float | None:
