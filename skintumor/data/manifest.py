@@ -98,15 +98,21 @@ class Manifest:
                  classes: list[str] | None = None) -> Manifest:
         """Read a manifest CSV; relative paths resolve against ``root`` (default: the CSV's folder)."""
         csv_path = Path(csv_path)
-        if not csv_path.is_file():
-            raise DataError(f"{csv_path}: manifest CSV not found")
-        try:
-            table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise DataError(f"{csv_path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+        table = read_user_csv(csv_path, "manifest CSV")
         root = Path(root) if root is not None else csv_path.parent
         table = _normalise(table, root, what=str(csv_path))
         return cls(table, root, list(classes or []))
+
+
+def read_user_csv(csv_path: str | Path, what: str = "CSV", dtype=str) -> pd.DataFrame:
+    """Read a user's CSV with empty cells as "" ; a missing or unreadable file is a :class:`DataError`."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: {what} not found")
+    try:
+        return pd.read_csv(csv_path, dtype=dtype, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{csv_path}: not a readable CSV ({str(err).splitlines()[0]})") from None
 
 
 def _normalise(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:

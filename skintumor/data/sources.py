@@ -14,7 +14,7 @@ import pandas as pd
 
 from skintumor.data.dicom import DICOM_SUFFIXES, MULTIFRAME_RULES, dicom_header, is_dicom
 from skintumor.data.images import IMAGE_SUFFIXES
-from skintumor.data.manifest import MASK_SEPARATOR, DataError, Manifest
+from skintumor.data.manifest import MASK_SEPARATOR, DataError, Manifest, read_user_csv
 
 BUSI_ROOT = "../shared/data/busi"  # relative to the repo root (the working directory of every entry point)
 
@@ -71,12 +71,7 @@ def _files(folder: Path, keep: Callable[[Path], bool]) -> list[Path]:
 
 
 def _patient_ids(csv_path: Path, paths: pd.Series) -> list[str]:
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: patients CSV not found")
-    try:
-        ids = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{csv_path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    ids = read_user_csv(csv_path, "patients CSV")
     missing = [c for c in ("path", "patient_id") if c not in ids.columns]
     if missing:
         raise DataError(f"{csv_path}: patients CSV is missing column(s) {', '.join(missing)}")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from skintumor.data.manifest import DataError
+from skintumor.data.manifest import DataError, read_user_csv
 from skintumor.evaluate import figures
 from skintumor.evaluate.document import Document
 from skintumor.evaluate.metrics import (
@@ -133,11 +133,8 @@ def read_predictions(csv_path: Path) -> tuple[pd.DataFrame, list[str], list[str]
     Returns (table with an added ``y`` column, class names from the ``p_`` columns, notes).
     Raises :class:`DataError` naming the file when it cannot be used.
     """
-    try:
-        table = pd.read_csv(csv_path, dtype={"path": str, "patient_id": str, "group_id": str, "label": str},
-                            keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{csv_path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    table = read_user_csv(csv_path, "predictions file",
+                          dtype={"path": str, "patient_id": str, "group_id": str, "label": str})
     classes = [c[2:] for c in table.columns if c.startswith("p_")]
     missing = [c for c in ("path", "label") if c not in table.columns]
     if missing or len(classes) < 2:
