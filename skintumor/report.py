@@ -2,6 +2,7 @@
 
     python -m skintumor.report SWEEP_DIR              # report.md/.html, figures/, metrics_cv.json
     python -m skintumor.report SWEEP_A SWEEP_B        # comparison.md/.html/.json in SWEEP_A/compare_<B>
+    python -m skintumor.report --ensemble OUT A B C   # fold ensemble: mean probabilities -> sweep OUT
 
 Thin wrapper around :mod:`skintumor.evaluate.report` and :mod:`skintumor.evaluate.compare`.
 """
@@ -21,17 +22,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR",
                         help="one sweep directory (report) or two (comparison A vs B on the same folds)")
     parser.add_argument("--out", default=None, help="comparison output folder (default SWEEP_A/compare_<name of B>)")
+    parser.add_argument("--ensemble", metavar="OUT", default=None,
+                        help="average the test probabilities of two or more sweeps (same outer folds) into a new "
+                             "sweep directory OUT, then report it")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--bins", type=int, default=ECE_BINS, help=f"ECE bins (default {ECE_BINS})")
     args = parser.parse_args(argv)
     console = Console()
-    if len(args.sweeps) > 2:
+    if args.ensemble and len(args.sweeps) < 2:
+        parser.error("--ensemble needs two or more sweep directories")
+    if len(args.sweeps) > 2 and not args.ensemble:
         parser.error("give one sweep directory (report) or two (comparison)")
     if args.n_boot < 100:
         parser.error("--n-boot must be at least 100")
     try:
-        if len(args.sweeps) == 1:
+        if args.ensemble:
+            from skintumor.evaluate.ensemble import ensemble_sweeps
+            from skintumor.evaluate.report import build_report
+
+            out = ensemble_sweeps(args.sweeps, args.ensemble)
+            build_report(out, n_boot=args.n_boot, seed=args.seed, n_bins=args.bins, console=console)
+            console.print(f"wrote the ensemble of {len(args.sweeps)} sweeps to {out} (report.md, report.html, figures/)")
+        elif len(args.sweeps) == 1:
             from skintumor.evaluate.report import build_report
 
             build_report(args.sweeps[0], n_boot=args.n_boot, seed=args.seed, n_bins=args.bins, console=console)

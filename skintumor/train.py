@@ -55,6 +55,14 @@ def train(cfg: DictConfig) -> float | None:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
 
+    if best:
+        # what the selection saw: the chosen checkpoint's scores on the inner validation split
+        validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+        if trainer.is_global_zero:
+            val_metrics = {k: float(v) for k, v in (validated[0] if validated else {}).items()}
+            val_metrics["checkpoint"] = os.path.relpath(best, out)
+            (out / "metrics_val.json").write_text(json.dumps(val_metrics, indent=2))
+
     if cfg.get("test", True):
         # the test fold is read once, by the checkpoint the validation split chose
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)

@@ -74,3 +74,17 @@ def test_guard_rejects_a_leaking_split():
     leaky = Split(0, train=np.array([0, 2]), val=np.array([3]), test=np.array([1]))
     with pytest.raises(DataError, match="patient group 'a'"):
         assert_disjoint_groups(leaky, groups)
+
+
+def test_inner_fold_moves_validation_but_not_test():
+    """Fold-ensemble members: each inner_fold validates on other patients, the test fold stays put,
+    and together the five inner folds validate every training-part row exactly once."""
+    labels, groups = _study_like()
+    folds = PatientGroupedFolds(labels, groups, n_splits=5, val_fraction=0.2, seed=3)
+    splits = [folds.split(1, inner_fold=j) for j in range(5)]
+    assert splits[0].val.tolist() == folds.split(1).val.tolist()  # 0 is the default
+    assert all(np.array_equal(s.test, splits[0].test) for s in splits)
+    validated = np.concatenate([s.val for s in splits])
+    assert sorted(validated.tolist()) == folds.train_part(1).tolist()
+    with pytest.raises(DataError, match="inner_fold 5 does not exist"):
+        folds.split(1, inner_fold=5)

@@ -1,4 +1,5 @@
-"""Recipe options (all off by default): balanced sampling, EMA, SWA, hflip TTA, gate spread logging."""
+"""Recipe options (all off by default): balanced sampling, EMA, SWA, hflip TTA, gate spread logging,
+the gates' lesion-mask loss."""
 import subprocess
 import sys
 from pathlib import Path
@@ -119,11 +120,32 @@ def test_gate_spread_logged_for_attention_model_only(imbalanced_folder, tmp_path
     trainer = _trainer(tmp_path)
     trainer.validate(module, datamodule=dm, verbose=False)
     metrics = trainer.callback_metrics
-    for name in ("val/gate2_spread", "val/gate3_spread"):
+    for name in ("val/gate2_spread", "val/gate3_spread", "val/gate2_cv", "val/gate3_cv"):
         if attention:
             assert float(metrics[name]) > 0.01, name
         else:
             assert name not in metrics
+
+
+def test_gate_cv_is_scale_free_and_zero_for_a_constant_gate(imbalanced_folder, tmp_path):
+    """A constant gate (psi weights 0) has cv 0; a softmax gate's cv is its std over its mean (1 / positions)."""
+    dm = _datamodule(imbalanced_folder)
+    cvs = {}
+    for norm, scale in (("sigmoid", 0.0), ("softmax", 0.0), ("softmax", 50.0)):
+        torch.manual_seed(0)
+        module = SkinTumorClassifier(dm.classes, net=NET | {"normalization": norm}, class_counts=[1, 1, 1], image_size=32)
+        with torch.no_grad():
+            for gate in (module.model.gate2, module.model.gate3):
+                gate.psi.weight.mul_(scale)
+        trainer = _trainer(tmp_path / f"{norm}{scale}")
+        trainer.validate(module, datamodule=dm, verbose=False)
+        cvs[(norm, scale)] = (float(trainer.callback_metrics["val/gate2_cv"]),
+                              float(trainer.callback_metrics["val/gate2_spread"]))
+    assert cvs[("sigmoid", 0.0)][0] == pytest.approx(0.0, abs=1e-5)
+    assert cvs[("softmax", 0.0)][0] == pytest.approx(0.0, abs=1e-4)
+    cv, spread = cvs[("softmax", 50.0)]
+    # a softmax map over the 4x4 grid of gate2 (32 px / 8) has mean 1/16, so cv = 16 x its std
+    assert cv > 0.1 and cv == pytest.approx(16 * spread, rel=1e-3)
 
 
 def test_swa_config_composes():
@@ -170,3 +192,96 @@ def test_tiny_run_with_recipe_options(tiny_folder, tmp_path):
     logged = pd.read_csv(run_dir / "csv" / "metrics.csv")
     assert logged["val/gate2_spread"].notna().any()
     assert load_classifier(run_dir / "checkpoints" / "best.ckpt").hparams.ema_decay == 0.9
+
+
+# --- the gates' lesion-mask loss (model.loss.mask_weight) ----------------------------------------
+
+def test_gate_mask_loss_rewards_pointing_at_the_lesion_and_skips_unknown_or_empty_masks():
+    from skintumor.models.losses import gate_mask_loss
+
+    mask = torch.zeros(4, 1, 32, 32)
+    mask[0, :, 8:16, 8:16] = 1  # a lesion; image 1 empty (normal); image 2 unknown; image 3 a lesion
+    mask[2] = -1
+    mask[3, :, 0:8, 24:32] = 1
+    target = torch.nn.functional.adaptive_avg_pool2d(mask.clamp(min=0), (4, 4))
+    on_lesion = target.clamp(0.02, 0.98)
+    off_lesion = (1 - target).clamp(0.02, 0.98)
+    for norm in ("sigmoid", "softmax"):
+        good, bad = on_lesion, off_lesion
+        if norm == "softmax":
+            good, bad = good / good.sum((2, 3), keepdim=True), bad / bad.sum((2, 3), keepdim=True)
+        assert gate_mask_loss(good, mask, norm) < gate_mask_loss(bad, mask, norm)
+        # images 1 and 2 do not count: changing their gates changes nothing
+        other = good.clone()
+        other[1:3] = torch.rand(2, 1, 4, 4)
+        assert gate_mask_loss(other, mask, norm) == pytest.approx(float(gate_mask_loss(good, mask, norm)))
+    nothing = torch.rand(2, 1, 4, 4, requires_grad=True)
+    loss = gate_mask_loss(nothing, -torch.ones(2, 1, 32, 32))
+    assert float(loss) == 0.0 and loss.requires_grad
+
+
+def test_training_items_carry_masks_moved_with_the_image(tmp_path):
+    """hflip moves image and mask together; rows without a mask get -1; val/test items have none."""
+    import albumentations as A
+
+    from skintumor.augment.compose import Augmentation
+    from skintumor.data.manifest import Manifest
+
+    rows = []
+    for i in range(24):
+        image = np.zeros((32, 32), np.uint8)
+        image[4:12, 2:10] = 200  # a bright lesion on the left
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        mask_path = ""
+        if i % 2 == 0:
+            Image.fromarray((image > 0).astype(np.uint8) * 255).save(tmp_path / f"{i}_m.png")
+            mask_path = f"{i}_m.png"
+        rows.append({"path": f"{i}.png", "label": CLASSES[i % 3], "patient_id": f"p{i}", "mask_path": mask_path})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    dm = UltrasoundDataModule(manifest=Manifest.from_csv(tmp_path / "m.csv"), n_folds=2, val_fraction=0.34,
+                              image_size=32, batch_size=4, augment=Augmentation([A.HorizontalFlip(p=1.0)], seed=0))
+    dm.setup()
+    x, y, row, m = next(iter(dm.train_dataloader()))
+    for xi, ri, mi in zip(x, row, m):
+        if int(ri) % 2 == 0:
+            lesion = mi[0] > 0.5
+            assert lesion[4:12, 22:30].all() and not lesion[:, :16].any()  # flipped to the right, with the image
+            assert (xi[0][lesion] > xi[0][~lesion].max()).all()
+        else:
+            assert (mi == -1).all()
+    assert len(next(iter(dm.val_dataloader()))) == 3
+
+
+def test_mask_weight_is_ignored_with_a_warning_without_gates():
+    with pytest.warns(UserWarning, match="mask_weight is ignored"):
+        plain = SkinTumorClassifier(list(CLASSES), net=NET | {"attention": False}, loss={"mask_weight": 1.0},
+                                    class_counts=[1, 1, 1], image_size=32)
+    assert plain.mask_weight == 0.0
+    with pytest.raises(ValueError, match="mask_weight must be >= 0"):
+        SkinTumorClassifier(list(CLASSES), net=NET, loss={"mask_weight": -1.0}, class_counts=[1, 1, 1], image_size=32)
+
+
+@pytest.mark.parametrize("model, attention", [(None, True), ("resnet18", False)])
+def test_recipe_experiment_composes_and_model_override_wins(model, attention):
+    """experiment=recipe sets the chosen recipe; `model=resnet18` beside it really turns the gates off."""
+    overrides = ["experiment=recipe"] + ([f"model={model}"] if model else [])
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert cfg.model.net.attention is attention
+    assert cfg.data.image_size == 128 and cfg.data.sampler == "balanced" and cfg.model.loss.alpha is None
+    assert cfg.model.loss.mask_weight == 1.0 and cfg.model.optimizer.name == "adamw"
+    assert cfg.model.scheduler.name == "cosine" and cfg.trainer.max_epochs == 60 and cfg.augment.name == "default"
+
+
+def test_gate_mask_loss_runs_under_autocast_and_matches_bce():
+    """Training with bf16 autocast must not trip over the loss (F.binary_cross_entropy would)."""
+    from skintumor.models.losses import gate_mask_loss
+
+    alpha = torch.rand(2, 1, 4, 4) * 0.9 + 0.05
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = gate_mask_loss(alpha, mask)
+    target = torch.nn.functional.adaptive_avg_pool2d(mask, (4, 4))
+    assert float(under_autocast) == pytest.approx(float(torch.nn.functional.binary_cross_entropy(alpha, target)),
+                                                  rel=1e-4)

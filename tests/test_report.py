@@ -247,13 +247,19 @@ def test_comparison_flags_planted_difference_but_not_null(tmp_path):
     assert "No difference is significant" in (tmp_path / "null" / "comparison.md").read_text()
 
 
-def test_comparison_refuses_different_test_images(tmp_path):
+def sweeps_with_one_other_test_image(tmp_path, fold: int) -> tuple[Path, Path]:
+    """Two 3-fold sweeps whose test images differ in one row of ``fold``."""
     a = make_sweep(tmp_path / "a", n_folds=3)
     b = make_sweep(tmp_path / "b", n_folds=3, model_seed=1)
-    csv = b / "fold_1" / "predictions_test.csv"
+    csv = b / f"fold_{fold}" / "predictions_test.csv"
     table = pd.read_csv(csv)
     table.loc[0, "path"] = "elsewhere/other.png"
     table.to_csv(csv, index=False)
+    return a, b
+
+
+def test_comparison_refuses_different_test_images(tmp_path):
+    a, b = sweeps_with_one_other_test_image(tmp_path, fold=1)
     with pytest.raises(DataError, match="fold 1: the test images .* differ"):
         aligned_predictions(load_sweep(a), load_sweep(b))
 
@@ -335,3 +341,33 @@ def test_two_fold_multirun_end_to_end(tiny_folder, tmp_path):
     assert (sweep_dir / "report.html").is_file() and (sweep_dir / "figures" / "roc_curves.png").is_file()
     assert "trainer.max_epochs=1" in (sweep_dir / "report.md").read_text()  # what was trained is stated
     assert numbers["warnings"] == []
+
+
+# --- fold ensembles ------------------------------------------------------------------------------
+
+def test_ensemble_averages_members_and_beats_them_on_independent_noise(tmp_path):
+    members = [make_sweep(tmp_path / f"m{s}", strength=1.0, model_seed=s) for s in range(3)]
+    out = tmp_path / "ens"
+    assert report_main(["--ensemble", str(out), *map(str, members), "--n-boot", "100"]) == 0
+    ens = load_sweep(out)
+    assert sorted(ens.folds) == list(range(5)) and (out / "report.md").is_file()
+    a, b, c = (load_sweep(m).folds[2].set_index("path") for m in members)
+    got = ens.folds[2].set_index("path")
+    cols = [f"p_{k}" for k in CLASSES]
+    np.testing.assert_allclose(got[cols].to_numpy(), ((a[cols] + b[cols] + c[cols]) / 3).loc[got.index].to_numpy(),
+                               atol=1e-5)
+    # members with independent noise: the average is better than any single member
+    def pooled_auroc(sweep):
+        table = sweep.pooled()
+        return classification_metrics(table["y"], table[cols].to_numpy(), CLASSES)["auroc_macro"]
+    assert pooled_auroc(ens) > max(pooled_auroc(load_sweep(m)) for m in members)
+    # never written over
+    assert report_main(["--ensemble", str(out), *map(str, members)]) == 2
+
+
+def test_ensemble_refuses_members_with_other_test_images(tmp_path):
+    from skintumor.evaluate.ensemble import ensemble_sweeps
+
+    a, b = sweeps_with_one_other_test_image(tmp_path, fold=0)
+    with pytest.raises(DataError, match="fold_0: test images differ"):
+        ensemble_sweeps([a, b], tmp_path / "ens")

@@ -72,6 +72,10 @@ def test_run_directory_contract(trained_run, tiny_folder):
     assert {"test/auroc_macro", "test/bal_acc", "test/sens_pilomatricoma", "test/spec_cyst"} <= set(metrics)
     logged = pd.read_csv(trained_run / "csv" / "metrics.csv")
     assert {"val/auroc_macro", "val/sens_lipoma", "train/loss"} <= set(logged.columns)
+    # metrics_val.json: the selected checkpoint's validation scores, the best the selection saw
+    chosen = json.loads((trained_run / "metrics_val.json").read_text())
+    assert chosen["checkpoint"] == "checkpoints/best.ckpt"
+    assert chosen["val/auroc_macro"] == pytest.approx(logged["val/auroc_macro"].max(), abs=1e-4)
 
 
 def test_checkpoint_rebuilds_without_pickles(trained_run):

@@ -12,7 +12,7 @@ from skintumor.augment.ops import DEFAULT_OPS, OPS, build_op, op_parameter
 from skintumor.augment.policy import Policy, PolicyError, Step
 from skintumor.augment.presets import PRESETS
 
-NAMES = ("none", "default", "policy")
+NAMES = ("none", "default", "strong", "policy")
 
 
 def build_augmentation(name: str = "default", path: str | Path | None = None,
@@ -20,7 +20,7 @@ def build_augmentation(name: str = "default", path: str | Path | None = None,
     """The train-time augmentation called ``name``: ``t(image=uint8 HxW) -> {"image": uint8 HxW}``.
 
     Args:
-        name: ``none`` (identity), ``default`` (hand-made, see :mod:`presets`) or ``policy``.
+        name: ``none`` (identity), ``default`` / ``strong`` (hand-made, see :mod:`presets`) or ``policy``.
         path: the policy JSON file; required for ``policy``, refused otherwise.
         seed: random seed of the augmentation stream (None: fresh entropy).
     """

@@ -55,13 +55,16 @@ def _resize(array: np.ndarray, size: int, interpolation: int) -> np.ndarray:
 class CachedImageDataset(Dataset):
     """Decoded uint8 images in memory -> ``(x: 1xHxW float, y: int, index: int)``.
 
-    ``index`` is the row in the manifest, so predictions can be joined back to files.
+    ``index`` is the row in the manifest, so predictions can be joined back to files. With
+    ``masks`` (training), items are ``(x, y, index, m)``: ``m`` (1xHxW float) is the lesion mask,
+    moved by the same geometric augmentation as the image, or -1 everywhere when the row has none.
     """
 
     def __init__(self, images: list[np.ndarray], labels: list[int], indices: np.ndarray,
-                 mean: float, std: float, augment: Augment | None = None):
+                 mean: float, std: float, augment: Augment | None = None,
+                 masks: list[np.ndarray | None] | None = None):
         self.images, self.labels, self.indices = images, labels, np.asarray(indices)
-        self.mean, self.std, self.augment = mean, std, augment
+        self.mean, self.std, self.augment, self.masks = mean, std, augment, masks
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -69,11 +72,19 @@ class CachedImageDataset(Dataset):
     def __getitem__(self, item: int):
         row = int(self.indices[item])
         image = self.images[row]
+        mask = self.masks[row] if self.masks is not None else None
         if self.augment is not None:
-            image = self.augment(image=image)["image"]
+            if mask is not None:
+                moved = self.augment(image=image, mask=mask.astype(np.uint8))
+                image, mask = moved["image"], moved["mask"]
+            else:
+                image = self.augment(image=image)["image"]
         x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
-        x = (x - self.mean) / self.std
-        return x.unsqueeze(0), self.labels[row], row
+        x = ((x - self.mean) / self.std).unsqueeze(0)
+        if self.masks is None:
+            return x, self.labels[row], row
+        m = torch.from_numpy(np.ascontiguousarray(mask)).float()[None] if mask is not None else -torch.ones_like(x)
+        return x, self.labels[row], row, m
 
 
 class UltrasoundDataModule(L.LightningDataModule):
@@ -94,6 +105,8 @@ class UltrasoundDataModule(L.LightningDataModule):
         sampler: None (shuffle the training part) or "balanced": draw training images with
             replacement, weight 1/(images of its class), so every class is equally likely per draw;
             an epoch still has len(training part) draws; seeded from ``seed``.
+        inner_fold: which inner fold of the training part validates (default 0); fold-ensemble
+            members use different ones (:meth:`PatientGroupedFolds.split`).
     """
 
     def __init__(self, source: str | None = "folder", root: str | None = None, options: dict | None = None,
@@ -102,7 +115,7 @@ class UltrasoundDataModule(L.LightningDataModule):
                  mean: float = 0.449, std: float = 0.226, augment: Augment | None = None,
                  manifest: Manifest | None = None, pin_memory: bool = False, crop: bool = False,
                  dedup: bool = False, max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep",
-                 sampler: str | None = None):
+                 sampler: str | None = None, inner_fold: int = 0):
         super().__init__()
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -113,6 +126,7 @@ class UltrasoundDataModule(L.LightningDataModule):
         self.mean, self.std, self.augment, self.pin_memory = mean, std, augment, pin_memory
         self.manifest = manifest
         self.crop, self.dedup, self.max_distance, self.label_conflicts = crop, dedup, max_distance, label_conflicts
+        self.inner_fold = inner_fold
         self.split: Split | None = None
         self.images: list[np.ndarray] | None = None
         self.masks: list[np.ndarray | None] | None = None
@@ -135,7 +149,7 @@ class UltrasoundDataModule(L.LightningDataModule):
         self.manifest, self.images, self.masks = prepared.manifest, prepared.images, prepared.masks
         manifest = self.manifest
         folds = PatientGroupedFolds(manifest.labels, manifest.groups, self.n_folds, self.val_fraction, self.seed)
-        self.split = folds.split(self.fold)
+        self.split = folds.split(self.fold, self.inner_fold)
 
     @property
     def classes(self) -> list[str]:
@@ -152,13 +166,15 @@ class UltrasoundDataModule(L.LightningDataModule):
         self.manifest.to_csv(run_dir / "manifest.csv")
         info = self.split.as_dict() | {"manifest": "manifest.csv", "root": str(Path(self.manifest.root).resolve()),
                                        "classes": self.classes, "n_folds": self.n_folds, "seed": self.seed,
-                                       "val_fraction": self.val_fraction}
+                                       "val_fraction": self.val_fraction, "inner_fold": self.inner_fold}
         (run_dir / "split.json").write_text(json.dumps(info))
 
     # -- loaders -------------------------------------------------------------------------------
     def _dataset(self, part: str, augment: Augment | None) -> CachedImageDataset:
+        # training items carry the lesion masks when the data has any (for model.loss.mask_weight)
+        masks = self.masks if part == "train" and any(m is not None for m in self.masks or []) else None
         return CachedImageDataset(self.images, self.manifest.labels, getattr(self.split, part),
-                                  self.mean, self.std, augment)
+                                  self.mean, self.std, augment, masks)
 
     def _loader(self, dataset: Dataset, shuffle: bool, sampler=None) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,

@@ -79,15 +79,23 @@ class PatientGroupedFolds:
         test = set(self.test_indices(fold).tolist())
         return np.array([i for i in range(len(self.labels)) if i not in test], dtype=int)
 
-    def split(self, fold: int) -> Split:
-        """Outer fold ``fold`` as train / val / test row indices; checked for leaks before returning."""
+    def split(self, fold: int, inner_fold: int = 0) -> Split:
+        """Outer fold ``fold`` as train / val / test row indices; checked for leaks before returning.
+
+        ``inner_fold`` picks which of the ``round(1 / val_fraction)`` inner folds validates (default
+        0): members of a fold ensemble use different ones, so together they learn from every
+        training image. The test fold is the same whatever ``inner_fold`` is.
+        """
         part = self.train_part(fold)
         n_inner = max(2, round(1.0 / self.val_fraction))
+        if not 0 <= inner_fold < n_inner:
+            raise DataError(f"inner_fold {inner_fold} does not exist (inner folds are 0..{n_inner - 1} "
+                            f"for val_fraction {self.val_fraction})")
         # only one inner fold is used here, so two groups per class suffice
         self._check_enough_groups(self.labels[part], self.groups[part], 2, "parts of the validation split")
         with warnings.catch_warnings():  # sklearn warns when a class has fewer groups than n_inner
             warnings.simplefilter("ignore", UserWarning)
-            train, val = next(self._inner_splits(part, n_inner, seed_offset=fold))
+            train, val = list(self._inner_splits(part, n_inner, seed_offset=fold))[inner_fold]
         absent = sorted(set(self.labels[part]) - set(self.labels[val]))
         if absent:
             warnings.warn(f"fold {fold}: class(es) {absent} have no validation image; "

@@ -1,4 +1,4 @@
-"""Focal loss (Lin et al. 2017), multi-class, with per-class alpha."""
+"""Focal loss (Lin et al. 2017), multi-class, with per-class alpha; the gates' lesion-mask loss."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,3 +44,25 @@ class FocalLoss(nn.Module):
         if self.alpha is not None:
             loss = self.alpha[target] * loss
         return loss.mean()
+
+
+def gate_mask_loss(alpha: torch.Tensor, mask: torch.Tensor, normalization: str = "sigmoid") -> torch.Tensor:
+    """How far a gate map is from the lesion mask, over the images whose mask shows a lesion.
+
+    Shapes: alpha (B, 1, h, w) gate values; mask (B, 1, H, W) with 1 lesion / 0 background, or -1
+    everywhere where no mask is known -> scalar. The target is the lesion's share of each gate cell
+    (area pooling to h x w). Sigmoid gates: binary cross-entropy per cell. Softmax gates (a
+    distribution): cross-entropy against the mask as a distribution. Images with no mask or an empty
+    one (nothing to point at) are left out; no such image at all gives 0.
+    """
+    known = mask.flatten(1).amin(dim=1) >= 0
+    target = F.adaptive_avg_pool2d(mask.float().clamp(min=0), alpha.shape[-2:])
+    use = known & (target.flatten(1).sum(dim=1) > 0)
+    if not use.any():
+        return alpha.sum() * 0.0  # keeps the graph (and DDP) happy
+    a, t = alpha[use].float().flatten(1), target[use].flatten(1)
+    if normalization == "softmax":
+        t = t / t.sum(dim=1, keepdim=True)
+        return -(t * a.clamp(min=1e-8).log()).sum(dim=1).mean()
+    a = a.clamp(1e-6, 1 - 1e-6)  # written out: F.binary_cross_entropy refuses CUDA autocast
+    return -(t * a.log() + (1 - t) * (1 - a).log()).mean()

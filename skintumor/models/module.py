@@ -6,6 +6,7 @@ checkpoint rebuilds the model without unpickling arbitrary objects (:func:`load_
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -16,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from skintumor.evaluate.metrics import stage_metrics, summarise
 from skintumor.models.attention_resnet import AttentionGatedResNet18
-from skintumor.models.losses import FocalLoss, inverse_frequency_alpha
+from skintumor.models.losses import FocalLoss, gate_mask_loss, inverse_frequency_alpha
 
 STAGES = ("train", "val", "test")
 TTA = (None, "hflip")
@@ -27,7 +28,9 @@ class SkinTumorClassifier(L.LightningModule):
         classes: class names, logit order. image_size, mean, std: the input contract, kept for predict.
         net: keyword arguments of :class:`AttentionGatedResNet18` (num_classes is set from classes).
         loss: ``gamma``, ``alpha`` ("auto" = inverse class frequency of ``class_counts``, null, or a
-            list), ``label_smoothing``, ``aux_weight`` (deep supervision).
+            list), ``label_smoothing``, ``aux_weight`` (deep supervision), ``mask_weight`` (> 0: the
+            gates also learn the lesion masks of the training images that have one, see
+            :func:`~skintumor.models.losses.gate_mask_loss`).
         optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``momentum`` (sgd).
         scheduler: ``name`` (step | cosine | onecycle | none), ``step_size``, ``gamma`` (step),
             ``warmup_epochs`` (cosine), ``min_lr`` (cosine).
@@ -53,7 +56,7 @@ class SkinTumorClassifier(L.LightningModule):
             raise ValueError(f"model.tta must be one of {TTA}, got {tta!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
-        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4) | dict(loss or {})
+        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0) | dict(loss or {})
         if loss["alpha"] == "auto":
             if class_counts is None:
                 raise ValueError("loss.alpha='auto' needs the training fold's class_counts")
@@ -68,6 +71,13 @@ class SkinTumorClassifier(L.LightningModule):
         self.model = AttentionGatedResNet18(**net)
         self.criterion = FocalLoss(loss["gamma"], loss["alpha"], loss["label_smoothing"])
         self.aux_weight = float(loss["aux_weight"])
+        self.mask_weight = float(loss["mask_weight"])
+        if self.mask_weight < 0:
+            raise ValueError(f"loss.mask_weight must be >= 0, got {self.mask_weight}")
+        if self.mask_weight > 0 and not net.get("attention", True):
+            # `experiment=recipe model=resnet18` is the gates-off baseline of the same recipe
+            warnings.warn("loss.mask_weight is ignored: plain ResNet18 has no gates to point at lesions", stacklevel=2)
+            self.mask_weight = 0.0
         self.metrics = nn.ModuleDict({f"{s}_metrics": stage_metrics(len(classes)) for s in STAGES})  # "train" would shadow .train()
         self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None  # (rows, probabilities)
         self._test_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -103,7 +113,7 @@ class SkinTumorClassifier(L.LightningModule):
         return probs
 
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y, rows = batch
+        x, y, rows = batch[:3]
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self.model if stage == "train" else self.eval_model()
@@ -112,11 +122,22 @@ class SkinTumorClassifier(L.LightningModule):
         if stage == "train" and self.model.aggregation == "deep_sup" and out.branch_logits:
             aux = torch.stack([self.criterion(b, y) for b in out.branch_logits]).mean()
             loss = loss + self.aux_weight * aux
+        if stage == "train" and self.mask_weight > 0 and len(batch) > 3:
+            # the gates learn to point at the lesion where the data has a lesion mask
+            norm = self.hparams.net.get("normalization", "sigmoid")
+            mask_loss = torch.stack([gate_mask_loss(a, batch[3], norm) for a in out.attention.values()]).mean()
+            self.log("train/mask_loss", mask_loss, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + self.mask_weight * mask_loss
         probs = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.predict_proba(x, out.logits)
         if stage == "val":
             for name, alpha in out.attention.items():  # does the gate vary within an image?
-                spread = alpha.float().flatten(1).std(dim=1).mean()
-                self.log(f"val/{name}_spread", spread, on_step=False, on_epoch=True, batch_size=len(y),
+                values = alpha.float().flatten(1)
+                spread = values.std(dim=1)
+                # std / mean: scale-free, so sigmoid gates and softmax gates (which sum to 1) compare
+                cv = spread / values.mean(dim=1).clamp(min=1e-12)
+                self.log(f"val/{name}_spread", spread.mean(), on_step=False, on_epoch=True, batch_size=len(y),
+                         sync_dist=True)
+                self.log(f"val/{name}_cv", cv.mean(), on_step=False, on_epoch=True, batch_size=len(y),
                          sync_dist=True)
         self.metrics[f"{stage}_metrics"].update(probs, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,

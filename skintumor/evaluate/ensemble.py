@@ -1,0 +1,71 @@
+"""Fold ensembles: average the test probabilities of several sweeps trained on the same outer folds.
+
+Members differ in their inner validation split (``data.inner_fold=0,1,2``) or seed; within an outer
+fold they share the test fold, so averaging their probabilities per test image is honest: the
+ensemble never sees the test fold either. The result is a sweep directory like any other, so
+``python -m skintumor.report`` reports and compares it.
+
+    python -m skintumor.report --ensemble OUT SWEEP_A SWEEP_B SWEEP_C
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from skintumor.data.manifest import DataError
+from skintumor.evaluate.report import PREDICTIONS, Sweep, load_sweep
+
+CARRIED = ("split.json", "manifest.csv", ".hydra")  # from the first member: folds, manifest, n_folds
+
+
+def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Write ``out_dir/fold_<k>/predictions_test.csv``: the members' mean probabilities per test image.
+
+    Only folds present in every member are written. Raises :class:`DataError` if the members'
+    classes or test images differ, or ``out_dir`` already exists (nothing is overwritten).
+    """
+    if len(sweep_dirs) < 2:
+        raise DataError("an ensemble needs at least two sweep directories")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise DataError(f"{out_dir}: already exists; an ensemble is never written over anything")
+    members = [load_sweep(d) for d in sweep_dirs]
+    classes = members[0].classes
+    for m in members[1:]:
+        if m.classes != classes:
+            raise DataError(f"{m.directory}: classes {m.classes} differ from {members[0].directory}'s {classes}")
+    folds = sorted(set.intersection(*(set(m.folds) for m in members)))
+    if not folds:
+        raise DataError("the members share no fold with predictions")
+    columns = [f"p_{c}" for c in classes]
+    for k in folds:
+        tables = [_by_path(m, k) for m in members]
+        for m, table in zip(members[1:], tables[1:]):
+            if set(table.index) != set(tables[0].index):
+                raise DataError(f"{m.directory}/fold_{k}: test images differ from {members[0].directory}/fold_{k}; "
+                                "ensemble members must share the outer folds (same data.seed and n_folds)")
+        base = tables[0].copy()
+        base[columns] = np.mean([t.loc[base.index, columns].to_numpy(float) for t in tables], axis=0)
+        base["pred"] = np.asarray(classes)[base[columns].to_numpy().argmax(1)]
+        fold_dir = out_dir / f"fold_{k}"
+        fold_dir.mkdir(parents=True)
+        base.reset_index()[["path", "patient_id", "group_id", "label", *columns, "pred"]].to_csv(
+            fold_dir / PREDICTIONS, index=False, float_format="%.6f")
+        source = members[0].directory / f"fold_{k}"
+        for name in CARRIED:
+            if (source / name).is_dir():
+                shutil.copytree(source / name, fold_dir / name)
+            elif (source / name).is_file():
+                shutil.copy2(source / name, fold_dir / name)
+    (out_dir / "ensemble.json").write_text(json.dumps(
+        {"members": [str(Path(d).resolve()) for d in sweep_dirs], "folds": folds, "combine": "mean probability"},
+        indent=2))
+    return out_dir
+
+
+def _by_path(sweep: Sweep, fold: int):
+    table = sweep.folds[fold]
+    return table.set_index("path")[["patient_id", "group_id", "label", *[f"p_{c}" for c in sweep.classes]]]
