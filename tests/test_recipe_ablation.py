@@ -1,0 +1,42 @@
+"""The selection machinery of benchmarks/recipe_ablation.py: what decides the recipe must be right."""
+import importlib.util
+import sys
+
+import pytest
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("recipe_ablation", REPO / "benchmarks" / "recipe_ablation.py")
+ablation = importlib.util.module_from_spec(spec)
+sys.modules["recipe_ablation"] = ablation  # its dataclasses look themselves up there
+spec.loader.exec_module(ablation)
+
+
+def rows(variant, val_auroc, val_bal, folds=range(5), seed=42):
+    return [{"variant": variant, "stage": "explore", "fold": k, "seed": seed, "val_auroc": val_auroc,
+             "val_bal_acc": val_bal} for k in folds]
+
+
+def test_scores_average_validation_only_and_skip_incomplete_variants():
+    results = (rows("recipe", 0.80, 0.60) + rows("balanced", 0.90, 0.70) + rows("ema", 0.99, 0.99, folds=range(4))
+               + [{"variant": "balanced", "stage": "final", "fold": 0, "val_auroc": 0.0, "val_bal_acc": 0.0}])
+    scores = ablation.variant_scores(results, ["recipe", "balanced", "ema"], list(range(5)))
+    assert scores["recipe"]["score"] == pytest.approx(0.70) and scores["balanced"]["score"] == pytest.approx(0.80)
+    assert "ema" not in scores  # a fold missing: never adopted
+
+
+def test_select_adopts_the_best_option_per_factor_past_the_margin_and_never_a_reference():
+    scores = {"recipe": {"score": 0.800}, "study": {"score": 0.90}, "resnet18": {"score": 0.95},
+              "epochs30": {"score": 0.805}, "epochs75": {"score": 0.815},        # length: 75 wins, past 0.01
+              "balanced": {"score": 0.809},                                      # within the margin
+              "aug_default": {"score": 0.812}, "aug_policy": {"score": 0.830}}   # augment: the policy wins
+    adopted, overrides = ablation.select(scores, margin=0.01)
+    assert sorted(adopted) == ["aug_policy", "epochs75"]
+    assert "trainer.max_epochs=75" in overrides and "augment=policy" in overrides
+    assert ablation.select(scores, margin=0.01, reference=0.9)[0] == []  # an earlier, better reference
+
+
+def test_merge_lets_a_later_override_replace_an_earlier_one():
+    merged = ablation.merge(["experiment=recipe", "augment=strong", "data.sampler=null"],
+                            ["augment=default"], ["data.sampler=balanced", "seed=1"])
+    assert merged == ["experiment=recipe", "augment=default", "data.sampler=balanced", "seed=1"]
