@@ -2,26 +2,29 @@
 
     python benchmarks/tta_effect.py outputs/cv/recipe_busi_cpu_<time>
 
-For each fold, the run's own data config rebuilds its split; the checkpoint scores its validation
-and test parts with ``tta`` = hflip and = none. The validation score (what would choose) and the
-pooled test metrics are printed as a markdown table. The checkpoints were chosen with the run's own
-``tta`` setting, so the other setting is evaluated at the same epoch.
+For each fold, the run directory's own ``manifest.csv`` and ``split.json`` give its validation and
+test rows (no config is re-composed, no data check re-run); the checkpoint scores them with ``tta`` =
+hflip and = none. The validation score (what would choose) and the pooled test metrics are printed
+as a markdown table. The checkpoints were chosen with the run's own ``tta`` setting, so the other
+setting is evaluated at the same epoch.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from skintumor.data.datamodule import UltrasoundDataModule  # noqa: E402
+from skintumor.data.datamodule import CachedImageDataset  # noqa: E402
+from skintumor.data.manifest import Manifest  # noqa: E402
+from skintumor.explain.run import decode_test_images  # noqa: E402
 from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
 from skintumor.models.module import load_classifier  # noqa: E402
 
@@ -36,6 +39,20 @@ def probabilities(model, loader) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ys), np.concatenate(ps)
 
 
+def fold_model_and_loaders(fold_dir: Path) -> tuple[torch.nn.Module, dict[str, DataLoader]]:
+    """A finished run's chosen checkpoint (eval mode) and loaders of its ``val`` and ``test`` rows."""
+    split = json.loads((fold_dir / "split.json").read_text())
+    manifest = Manifest.from_csv(fold_dir / "manifest.csv", root=split["root"], classes=split["classes"])
+    model = load_classifier(fold_dir / "checkpoints" / "best.ckpt").eval()
+    hp, labels, loaders = model.hparams, manifest.labels, {}
+    for part in ("val", "test"):
+        rows = list(split[part])
+        images, _ = decode_test_images(fold_dir, manifest.subset(rows), hp.image_size)  # as training decoded them
+        dataset = CachedImageDataset(images, [labels[r] for r in rows], np.arange(len(rows)), hp.mean, hp.std)
+        loaders[part] = DataLoader(dataset, batch_size=64)
+    return model, loaders
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path)
@@ -43,21 +60,14 @@ def main() -> int:
     results = {tta: {"val": [], "test_y": [], "test_p": []} for tta in (None, "hflip")}
     classes = None
     for fold_dir in sorted(args.sweep.glob("fold_*")):
-        overrides = OmegaConf.load(fold_dir / ".hydra" / "overrides.yaml")
-        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[o for o in overrides if not o.startswith(("hydra.", "sweep_name"))])
-        data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "_target_"}
-        data["root"] = str((REPO / data["root"]).resolve()) if data.get("root") else None
-        datamodule = UltrasoundDataModule(**data)
-        datamodule.setup()
-        model = load_classifier(fold_dir / "checkpoints" / "best.ckpt").eval()
+        model, loaders = fold_model_and_loaders(fold_dir)
         classes = model.hparams.classes
         for tta in results:
             model.hparams.tta = tta
-            y, p = probabilities(model, datamodule.val_dataloader())
+            y, p = probabilities(model, loaders["val"])
             m = classification_metrics(y, p, classes)
             results[tta]["val"].append((m["auroc_macro"] + m["bal_acc"]) / 2)
-            y, p = probabilities(model, datamodule.test_dataloader())
+            y, p = probabilities(model, loaders["test"])
             results[tta]["test_y"].append(y)
             results[tta]["test_p"].append(p)
         print(f"{fold_dir.name} done", file=sys.stderr)

@@ -9,17 +9,21 @@ Examples:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from skintumor.augment import build_augmentation
 from skintumor.cli import one_line_user_errors
 from skintumor.data.manifest import DataError
 from skintumor.evaluate.predictions import write_predictions
+
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -62,6 +66,17 @@ def train(cfg: DictConfig) -> float | None:
             val_metrics = {k: float(v) for k, v in (validated[0] if validated else {}).items()}
             val_metrics["checkpoint"] = os.path.relpath(best, out)
             (out / "metrics_val.json").write_text(json.dumps(val_metrics, indent=2))
+        if model.hparams.decision == "balanced":
+            # where the decision falls between classes, chosen on the validation split, kept in the checkpoint
+            offsets = model.choose_decision_offsets(datamodule.val_dataloader())
+            if trainer.is_global_zero:
+                checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+                checkpoint["state_dict"]["decision_offsets"] = torch.as_tensor(offsets, dtype=torch.float32)
+                torch.save(checkpoint, best)
+                val_metrics |= {f"decision_offset_{c}": float(o) for c, o in zip(datamodule.classes, offsets)}
+                (out / "metrics_val.json").write_text(json.dumps(val_metrics, indent=2))
+                log.info("decision offsets chosen on validation: %s", dict(zip(datamodule.classes, offsets.round(2))))
+            trainer.strategy.barrier()
 
     if cfg.get("test", True):
         # the test fold is read once, by the checkpoint the validation split chose

@@ -220,6 +220,32 @@ def test_gate_mask_loss_rewards_pointing_at_the_lesion_and_skips_unknown_or_empt
     assert float(loss) == 0.0 and loss.requires_grad
 
 
+def test_gate_mask_loss_can_teach_gates_to_stay_off_where_the_mask_is_empty():
+    """empty_is_background: an empty mask (BUSI's normal images) counts, as "no lesion anywhere"."""
+    from skintumor.models.losses import gate_mask_loss
+
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[0, :, 8:16, 8:16] = 1  # image 0 a lesion, image 1 empty, image 2 unknown
+    mask[2] = -1
+    gates = torch.full((3, 1, 4, 4), 0.5)
+    gates[0] = torch.nn.functional.adaptive_avg_pool2d(mask[0:1].clamp(min=0), (4, 4))[0].clamp(0.02, 0.98)
+    off, on = gates.clone(), gates.clone()
+    off[1], on[1] = 0.02, 0.98  # the empty image's gate: off everywhere vs on everywhere
+    assert gate_mask_loss(off, mask, empty_is_background=True) < gate_mask_loss(on, mask, empty_is_background=True)
+    assert float(gate_mask_loss(off, mask)) == pytest.approx(float(gate_mask_loss(on, mask)))  # default: skipped
+    other = off.clone()
+    other[2] = torch.rand(1, 4, 4)  # unknown masks still count for nothing
+    assert float(gate_mask_loss(other, mask, empty_is_background=True)) == pytest.approx(
+        float(gate_mask_loss(off, mask, empty_is_background=True)))
+    with pytest.raises(ValueError, match="sigmoid"):
+        gate_mask_loss(off, mask, "softmax", empty_is_background=True)
+    with pytest.raises(ValueError, match="empty_mask"):
+        SkinTumorClassifier(list(CLASSES), net=NET, loss={"empty_mask": "ignore"}, class_counts=[1, 1, 1], image_size=32)
+    with pytest.raises(ValueError, match="sigmoid gates"):
+        SkinTumorClassifier(list(CLASSES), net=NET | {"normalization": "softmax"}, loss={"empty_mask": "background"},
+                            class_counts=[1, 1, 1], image_size=32)
+
+
 def test_training_items_carry_masks_moved_with_the_image(tmp_path):
     """hflip moves image and mask together; rows without a mask get -1; val/test items have none."""
     import albumentations as A

@@ -121,8 +121,8 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
             idx = list(range(start, min(start + settings.batch_size, len(test))))
             x = torch.from_numpy(np.stack([images[i] for i in idx])).float().div(255.0)
             x = ((x - float(hp.mean)) / float(hp.std))[:, None]
-            with torch.no_grad():
-                probs = torch.softmax(classifier(x).float(), dim=1).numpy()
+            with torch.no_grad():  # as the test predictions were made (TTA, decision offsets)
+                probs = classifier.predict_proba(x.contiguous(memory_format=torch.channels_last)).numpy()
             labels = [test.labels[i] for i in idx]
             targets = [int(p.argmax()) for p in probs] if settings.target == "pred" else labels
             maps = explain_batch(classifier, x, targets, methods, settings.target_layer, rng)

@@ -46,18 +46,23 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
-def gate_mask_loss(alpha: torch.Tensor, mask: torch.Tensor, normalization: str = "sigmoid") -> torch.Tensor:
+def gate_mask_loss(alpha: torch.Tensor, mask: torch.Tensor, normalization: str = "sigmoid",
+                   empty_is_background: bool = False) -> torch.Tensor:
     """How far a gate map is from the lesion mask, over the images whose mask shows a lesion.
 
     Shapes: alpha (B, 1, h, w) gate values; mask (B, 1, H, W) with 1 lesion / 0 background, or -1
     everywhere where no mask is known -> scalar. The target is the lesion's share of each gate cell
     (area pooling to h x w). Sigmoid gates: binary cross-entropy per cell. Softmax gates (a
-    distribution): cross-entropy against the mask as a distribution. Images with no mask or an empty
-    one (nothing to point at) are left out; no such image at all gives 0.
+    distribution): cross-entropy against the mask as a distribution. Images with no mask are left
+    out; so are images with an empty mask (nothing to point at), unless ``empty_is_background``
+    (sigmoid gates only): then an empty mask says "no lesion here" and the gate learns to stay off
+    everywhere. No image left at all gives 0.
     """
+    if empty_is_background and normalization == "softmax":
+        raise ValueError("empty masks as background need sigmoid gates: a softmax gate always sums to 1")
     known = mask.flatten(1).amin(dim=1) >= 0
     target = F.adaptive_avg_pool2d(mask.float().clamp(min=0), alpha.shape[-2:])
-    use = known & (target.flatten(1).sum(dim=1) > 0)
+    use = known if empty_is_background else known & (target.flatten(1).sum(dim=1) > 0)
     if not use.any():
         return alpha.sum() * 0.0  # keeps the graph (and DDP) happy
     a, t = alpha[use].float().flatten(1), target[use].flatten(1)

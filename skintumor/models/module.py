@@ -17,10 +17,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from skintumor.evaluate.metrics import stage_metrics, summarise
 from skintumor.models.attention_resnet import AttentionGatedResNet18
+from skintumor.models.decision import balanced_offsets
 from skintumor.models.losses import FocalLoss, gate_mask_loss, inverse_frequency_alpha
 
 STAGES = ("train", "val", "test")
 TTA = (None, "hflip")
+DECISIONS = ("argmax", "balanced")
 
 
 class SkinTumorClassifier(L.LightningModule):
@@ -30,7 +32,8 @@ class SkinTumorClassifier(L.LightningModule):
         loss: ``gamma``, ``alpha`` ("auto" = inverse class frequency of ``class_counts``, null, or a
             list), ``label_smoothing``, ``aux_weight`` (deep supervision), ``mask_weight`` (> 0: the
             gates also learn the lesion masks of the training images that have one, see
-            :func:`~skintumor.models.losses.gate_mask_loss`).
+            :func:`~skintumor.models.losses.gate_mask_loss`), ``empty_mask`` (``skip``: an empty mask
+            adds nothing; ``background``: it means "no lesion" and the sigmoid gates learn to stay off).
         optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``momentum`` (sgd).
         scheduler: ``name`` (step | cosine | onecycle | none), ``step_size``, ``gamma`` (step),
             ``warmup_epochs`` (cosine), ``min_lr`` (cosine).
@@ -44,19 +47,26 @@ class SkinTumorClassifier(L.LightningModule):
             :func:`load_classifier` returns them. BatchNorm statistics are averaged too.
         tta: None, or "hflip": at validation and test, probabilities are the mean of the softmax of
             the image and of its horizontal (left-right) mirror. The loss uses the image alone.
+        decision: "argmax", or "balanced": after training, class offsets on the log-probabilities
+            are chosen on the inner validation split to maximise its balanced accuracy
+            (:meth:`choose_decision_offsets`, :mod:`skintumor.models.decision`). They live in the
+            ``decision_offsets`` buffer (zeros = plain argmax), so the checkpoint carries them and
+            every later prediction (test, ``skintumor.predict``) uses them.
     """
 
     def __init__(self, classes: list[str], net: dict | None = None, loss: dict | None = None,
                  optimizer: dict | None = None, scheduler: dict | None = None,
                  class_counts: list[int] | None = None, image_size: int = 224,
                  mean: float = 0.449, std: float = 0.226, channels_last: bool = True,
-                 ema_decay: float | None = None, tta: str | None = None):
+                 ema_decay: float | None = None, tta: str | None = None, decision: str = "argmax"):
         super().__init__()
+        if decision not in DECISIONS:
+            raise ValueError(f"model.decision must be one of {DECISIONS}, got {decision!r}")
         if tta not in TTA:
             raise ValueError(f"model.tta must be one of {TTA}, got {tta!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
-        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0) | dict(loss or {})
+        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0, empty_mask="skip") | dict(loss or {})
         if loss["alpha"] == "auto":
             if class_counts is None:
                 raise ValueError("loss.alpha='auto' needs the training fold's class_counts")
@@ -66,9 +76,11 @@ class SkinTumorClassifier(L.LightningModule):
                                        optimizer=dict(name="adam", lr=1e-4, weight_decay=0.0) | dict(optimizer or {}),
                                        scheduler=dict(name="step", step_size=7, gamma=0.1) | dict(scheduler or {}),
                                        class_counts=class_counts, image_size=image_size, mean=mean, std=std,
-                                       channels_last=channels_last, ema_decay=ema_decay, tta=tta))
+                                       channels_last=channels_last, ema_decay=ema_decay, tta=tta,
+                                       decision=decision))
         self.classes = list(classes)
         self.model = AttentionGatedResNet18(**net)
+        self.register_buffer("decision_offsets", torch.zeros(len(classes)))  # added to log-probabilities
         self.criterion = FocalLoss(loss["gamma"], loss["alpha"], loss["label_smoothing"])
         self.aux_weight = float(loss["aux_weight"])
         self.mask_weight = float(loss["mask_weight"])
@@ -78,6 +90,10 @@ class SkinTumorClassifier(L.LightningModule):
             # `experiment=recipe model=resnet18` is the gates-off baseline of the same recipe
             warnings.warn("loss.mask_weight is ignored: plain ResNet18 has no gates to point at lesions", stacklevel=2)
             self.mask_weight = 0.0
+        if loss["empty_mask"] not in ("skip", "background"):
+            raise ValueError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
+        if loss["empty_mask"] == "background" and net.get("normalization", "sigmoid") == "softmax":
+            raise ValueError("loss.empty_mask=background needs sigmoid gates (a softmax gate always sums to 1)")
         self.metrics = nn.ModuleDict({f"{s}_metrics": stage_metrics(len(classes)) for s in STAGES})  # "train" would shadow .train()
         self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None  # (rows, probabilities)
         self._test_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -110,7 +126,29 @@ class SkinTumorClassifier(L.LightningModule):
         if self.hparams.tta == "hflip":
             mirrored = net(torch.flip(x, dims=[-1]))  # width axis
             probs = (probs + torch.softmax(mirrored.float(), dim=1)) / 2
+        if self.decision_offsets.any():
+            probs = torch.softmax(probs.clamp(min=1e-12).log() + self.decision_offsets, dim=1)
         return probs
+
+    @torch.no_grad()
+    def choose_decision_offsets(self, loader) -> np.ndarray:
+        """Set ``decision_offsets`` to the ones that maximise balanced accuracy on ``loader``
+        (the inner validation split) and return them, (C,). Plain argmax is the starting point."""
+        self.decision_offsets.zero_()
+        was_training, device = self.training, self.decision_offsets.device
+        self.eval()
+        ys, ps = [], []
+        for x, y, *_ in loader:
+            ps.append(self.predict_proba(x.to(device)).cpu().numpy())
+            ys.append(y.numpy())
+        self.train(was_training)
+        offsets = balanced_offsets(np.concatenate(ys), np.concatenate(ps))
+        self.decision_offsets.copy_(torch.as_tensor(offsets, dtype=self.decision_offsets.dtype))
+        return offsets
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints written before `decision` existed have no offsets: plain argmax
+        checkpoint["state_dict"].setdefault("decision_offsets", torch.zeros(len(self.classes)))
 
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, rows = batch[:3]
@@ -125,7 +163,9 @@ class SkinTumorClassifier(L.LightningModule):
         if stage == "train" and self.mask_weight > 0 and len(batch) > 3:
             # the gates learn to point at the lesion where the data has a lesion mask
             norm = self.hparams.net.get("normalization", "sigmoid")
-            mask_loss = torch.stack([gate_mask_loss(a, batch[3], norm) for a in out.attention.values()]).mean()
+            background = self.hparams.loss["empty_mask"] == "background"
+            mask_loss = torch.stack([gate_mask_loss(a, batch[3], norm, background)
+                                     for a in out.attention.values()]).mean()
             self.log("train/mask_loss", mask_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.mask_weight * mask_loss
         probs = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.predict_proba(x, out.logits)
@@ -243,6 +283,7 @@ def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTu
     hp = dict(data["hyper_parameters"])
     hp["net"] = dict(hp["net"]) | {"pretrained": False, "weights_path": None}  # weights come from the file
     module = SkinTumorClassifier(**hp)
+    module.on_load_checkpoint(data)
     module.load_state_dict(data["state_dict"])
     if module.ema is not None:
         module.model.load_state_dict(module.ema.module.state_dict())

@@ -1,0 +1,70 @@
+"""Class offsets for the decision, chosen on each fold's inner validation split (no retraining).
+
+What ``model.decision=balanced`` does at the end of training, applied afterwards to the checkpoints
+of a finished sweep (``skintumor.models.decision``), with an honest validation estimate of its use.
+
+    python benchmarks/decision_bias.py outputs/cv/recipe_busi_cpu_<time> [--step 0.1 --limit 1.5]
+
+Balanced accuracy takes the argmax, so it depends on where the decision falls between classes,
+which AUROC does not. For each fold, offsets ``b`` (one per class, the first fixed at 0) are added to
+the log-probabilities of the chosen checkpoint; the grid point with the best validation balanced
+accuracy is kept (ties: the smallest offsets) and applied to the test fold. Prints the pooled test
+metrics with and without the offsets as a markdown table; the test folds choose nothing.
+
+Whether to use offsets at all is judged on validation too, without the optimism of scoring offsets
+on the images that chose them: each fold's validation split is halved (stratified), offsets chosen
+on one half score the other, against plain argmax on the same images. The val score is the recipe
+ablation's: (validation macro AUROC + validation balanced accuracy) / 2, mean over the folds.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tta_effect import REPO, fold_model_and_loaders, probabilities  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
+from skintumor.models.decision import balanced_accuracy, balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path)
+    parser.add_argument("--step", type=float, default=0.1)
+    parser.add_argument("--limit", type=float, default=1.5)
+    args = parser.parse_args()
+    ys, plain, shifted, classes = [], [], [], None
+    val = {"plain": [], "cross": []}
+    for fold_dir in sorted(args.sweep.glob("fold_*")):
+        model, loaders = fold_model_and_loaders(fold_dir)
+        model.decision_offsets.zero_()  # start from plain argmax, also for runs trained with offsets
+        classes = model.hparams.classes
+        yv, pv = probabilities(model, loaders["val"])
+        b = balanced_offsets(yv, pv, args.step, args.limit)
+        for name, q in (("plain", pv), ("cross", cross_fitted(yv, pv, args.step, args.limit))):
+            m = classification_metrics(yv, q, classes)
+            val[name].append(((m["auroc_macro"] + balanced_accuracy(yv, q)) / 2, balanced_accuracy(yv, q)))
+        y, p = probabilities(model, loaders["test"])
+        ys.append(y), plain.append(p), shifted.append(shift_probabilities(p, b))
+        print(f"{fold_dir.name}: offsets {np.round(b, 2).tolist()}, val bal. acc {val['plain'][-1][1]:.3f} -> "
+              f"{val['cross'][-1][1]:.3f} (cross-fitted)", file=sys.stderr)
+    y = np.concatenate(ys)
+    print("| decision | val score (cross-fitted offsets) | val bal. acc (same) | pooled test AUROC | pooled test bal. acc | "
+          + " | ".join(f"{c} sens." for c in classes) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(classes))
+    rows = (("argmax", plain, val["plain"]), ("argmax + offsets chosen on validation", shifted, val["cross"]))
+    for name, p, v in rows:
+        m = classification_metrics(y, np.concatenate(p), classes)
+        sens = " | ".join(f"{m[f'sens_{c}']:.3f}" for c in classes)
+        score, bal = np.mean(v, axis=0)
+        print(f"| {name} | {score:.3f} | {bal:.3f} | {m['auroc_macro']:.3f} | {m['bal_acc']:.3f} | {sens} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

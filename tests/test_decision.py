@@ -1,0 +1,106 @@
+"""Class offsets for the decision, chosen on the inner validation split (model.decision=balanced)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import CLASSES, REPO
+from skintumor.data.datamodule import CachedImageDataset, decode_resized
+from skintumor.data.manifest import Manifest
+from skintumor.models.decision import balanced_accuracy, balanced_offsets, cross_fitted, shift_probabilities
+from skintumor.models.module import SkinTumorClassifier, load_classifier
+
+NET = dict(attention=True, aggregation="ft", normalization="sigmoid")
+
+
+def _leaning_model(n=60, seed=0):
+    """Labels 0/1/2 (20 each) and probabilities that rank them well but lean towards class 0."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], n // 3)
+    logits = rng.normal(0, 0.3, (n, 3))
+    logits[np.arange(n), y] += 1.0
+    logits[:, 0] += 1.2  # the lean: most class-1 and class-2 images end up as class 0
+    p = np.exp(logits)
+    return y, p / p.sum(1, keepdims=True)
+
+
+def test_offsets_undo_a_lean_towards_one_class():
+    y, p = _leaning_model()
+    offsets = balanced_offsets(y, p)
+    assert offsets[0] == 0 and (offsets[1:] > 0.5).all()
+    assert balanced_accuracy(y, shift_probabilities(p, offsets)) > balanced_accuracy(y, p) + 0.3
+    shifted = shift_probabilities(p, offsets)
+    assert np.allclose(shifted.sum(1), 1) and (shifted > 0).all()
+
+
+def test_a_balanced_model_keeps_zero_offsets():
+    y = np.repeat([0, 1, 2], 10)
+    p = np.full((30, 3), 0.1)
+    p[np.arange(30), y] = 0.8  # every image right by a wide margin: no offset can do better
+    assert np.array_equal(balanced_offsets(y, p), np.zeros(3))
+    assert np.allclose(shift_probabilities(p, np.zeros(3)), p)
+
+
+def test_cross_fitted_offsets_come_from_the_other_half():
+    y, p = _leaning_model(seed=1)
+    honest = cross_fitted(y, p)
+    assert np.allclose(honest.sum(1), 1)
+    assert balanced_accuracy(y, honest) > balanced_accuracy(y, p) + 0.2  # the lean is real, both halves see it
+    # pure noise: offsets fitted in-sample look better than they are; cross-fitted ones do not
+    rng = np.random.default_rng(3)
+    noise = rng.dirichlet(np.ones(3), 60)
+    in_sample = balanced_accuracy(y, shift_probabilities(noise, balanced_offsets(y, noise)))
+    assert balanced_accuracy(y, cross_fitted(y, noise)) < in_sample
+
+
+def test_module_applies_its_offsets_and_rejects_unknown_decisions():
+    module = SkinTumorClassifier(list(CLASSES), net=NET, class_counts=[1, 1, 1], image_size=32).eval()
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        plain = module.predict_proba(x)
+        module.decision_offsets.copy_(torch.tensor([0.0, 1.0, -1.0]))
+        shifted = module.predict_proba(x)
+    assert torch.allclose(shifted, torch.as_tensor(shift_probabilities(plain.numpy(), np.array([0.0, 1.0, -1.0])),
+                                                   dtype=shifted.dtype), atol=1e-5)
+    with pytest.raises(ValueError, match="model.decision"):
+        SkinTumorClassifier(list(CLASSES), net=NET, class_counts=[1, 1, 1], image_size=32, decision="threshold")
+
+
+def test_checkpoints_without_offsets_still_load(tmp_path):
+    """Checkpoints written before `decision` existed: plain argmax (zero offsets)."""
+    module = SkinTumorClassifier(list(CLASSES), net=NET, class_counts=[1, 1, 1], image_size=32)
+    state = {k: v for k, v in module.state_dict().items() if k != "decision_offsets"}
+    hp = {k: v for k, v in dict(module.hparams).items() if k != "decision"}
+    torch.save({"state_dict": state, "hyper_parameters": hp}, tmp_path / "old.ckpt")
+    loaded = load_classifier(tmp_path / "old.ckpt")
+    assert loaded.hparams.decision == "argmax" and not loaded.decision_offsets.any()
+
+
+def test_training_chooses_offsets_on_validation_and_keeps_them(tiny_folder, tmp_path):
+    run_dir = tmp_path / "r"
+    proc = subprocess.run(
+        [sys.executable, "-m", "skintumor.train", "data=folder", f"data.root={tiny_folder}",
+         f"data.options.patients_csv={tiny_folder}/patients.csv", "data.image_size=32", "data.n_folds=3",
+         "data.batch_size=4", "trainer.max_epochs=2", "trainer.accelerator=cpu", "logger=csv",
+         "model.decision=balanced", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chosen = json.loads((run_dir / "metrics_val.json").read_text())
+    stored = [chosen[f"decision_offset_{c}"] for c in CLASSES]
+    model = load_classifier(run_dir / "checkpoints" / "best.ckpt")
+    assert model.decision_offsets.tolist() == pytest.approx(stored) and stored[0] == 0
+    # the stored offsets are the ones the validation split picks (not the test fold)
+    split = json.loads((run_dir / "split.json").read_text())
+    manifest = Manifest.from_csv(run_dir / "manifest.csv", root=split["root"], classes=split["classes"])
+    val = manifest.subset(split["val"])
+    images, _ = decode_resized(val, 32)
+    loader = DataLoader(CachedImageDataset(images, val.labels, np.arange(len(val)), model.hparams.mean,
+                                           model.hparams.std), batch_size=8)
+    assert model.choose_decision_offsets(loader).tolist() == pytest.approx(stored)
+    preds = pd.read_csv(run_dir / "predictions_test.csv")
+    assert preds[[f"p_{c}" for c in CLASSES]].sum(axis=1).round(4).eq(1).all()
