@@ -297,6 +297,7 @@ def test_recipe_experiment_composes_and_model_override_wins(model, attention):
     assert cfg.data.image_size == 128 and cfg.data.sampler == "balanced" and cfg.model.loss.alpha is None
     assert cfg.model.loss.mask_weight == 1.0 and cfg.model.optimizer.name == "adamw"
     assert cfg.model.scheduler.name == "cosine" and cfg.trainer.max_epochs == 60 and cfg.augment.name == "default"
+    assert cfg.model.decision == "balanced"
 
 
 def test_gate_mask_loss_runs_under_autocast_and_matches_bce():
