@@ -51,7 +51,7 @@ class SkinTumorClassifier(L.LightningModule):
             are chosen on the inner validation split to maximise its balanced accuracy
             (:meth:`choose_decision_offsets`, :mod:`skintumor.models.decision`). They live in the
             ``decision_offsets`` buffer (zeros = plain argmax), so the checkpoint carries them and
-            every later prediction (test, ``skintumor.predict``) uses them.
+            every later prediction (test, :meth:`predict_proba`, ``skintumor.explain``) uses them.
     """
 
     def __init__(self, classes: list[str], net: dict | None = None, loss: dict | None = None,
@@ -66,7 +66,8 @@ class SkinTumorClassifier(L.LightningModule):
             raise ValueError(f"model.tta must be one of {TTA}, got {tta!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
-        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0, empty_mask="skip") | dict(loss or {})
+        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0,
+                    empty_mask="skip") | dict(loss or {})
         if loss["alpha"] == "auto":
             if class_counts is None:
                 raise ValueError("loss.alpha='auto' needs the training fold's class_counts")
