@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tta_effect import REPO, fold_model_and_loaders, probabilities  # noqa: E402
+from tta_effect import REPO, fold_model_and_loaders  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
-from skintumor.models.decision import balanced_accuracy, balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
+from skintumor.models.decision import balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
 
 
 def main() -> int:
@@ -44,12 +44,12 @@ def main() -> int:
         model, loaders = fold_model_and_loaders(fold_dir)
         model.decision_offsets.zero_()  # start from plain argmax, also for runs trained with offsets
         classes = model.hparams.classes
-        yv, pv = probabilities(model, loaders["val"])
+        yv, pv = model.predict_loader(loaders["val"])
         b = balanced_offsets(yv, pv, args.step, args.limit)
         for name, q in (("plain", pv), ("cross", cross_fitted(yv, pv, args.step, args.limit))):
             m = classification_metrics(yv, q, classes)
-            val[name].append(((m["auroc_macro"] + balanced_accuracy(yv, q)) / 2, balanced_accuracy(yv, q)))
-        y, p = probabilities(model, loaders["test"])
+            val[name].append(((m["auroc_macro"] + m["bal_acc"]) / 2, m["bal_acc"]))
+        y, p = model.predict_loader(loaders["test"])
         ys.append(y), plain.append(p), shifted.append(shift_probabilities(p, b))
         print(f"{fold_dir.name}: offsets {np.round(b, 2).tolist()}, val bal. acc {val['plain'][-1][1]:.3f} -> "
               f"{val['cross'][-1][1]:.3f} (cross-fitted)", file=sys.stderr)

@@ -29,16 +29,6 @@ from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
 from skintumor.models.module import load_classifier  # noqa: E402
 
 
-@torch.no_grad()
-def probabilities(model, loader) -> tuple[np.ndarray, np.ndarray]:
-    ys, ps = [], []
-    for x, y, *_ in loader:
-        x = x.contiguous(memory_format=torch.channels_last)
-        ps.append(model.predict_proba(x).numpy())
-        ys.append(y.numpy())
-    return np.concatenate(ys), np.concatenate(ps)
-
-
 def fold_model_and_loaders(fold_dir: Path) -> tuple[torch.nn.Module, dict[str, DataLoader]]:
     """A finished run's chosen checkpoint (eval mode) and loaders of its ``val`` and ``test`` rows."""
     split = json.loads((fold_dir / "split.json").read_text())
@@ -64,10 +54,10 @@ def main() -> int:
         classes = model.hparams.classes
         for tta in results:
             model.hparams.tta = tta
-            y, p = probabilities(model, loaders["val"])
+            y, p = model.predict_loader(loaders["val"])
             m = classification_metrics(y, p, classes)
             results[tta]["val"].append((m["auroc_macro"] + m["bal_acc"]) / 2)
-            y, p = probabilities(model, loaders["test"])
+            y, p = model.predict_loader(loaders["test"])
             results[tta]["test_y"].append(y)
             results[tta]["test_p"].append(p)
         print(f"{fold_dir.name} done", file=sys.stderr)

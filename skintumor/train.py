@@ -62,21 +62,20 @@ def train(cfg: DictConfig) -> float | None:
     if best:
         # what the selection saw: the chosen checkpoint's scores on the inner validation split
         validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-        if trainer.is_global_zero:
-            val_metrics = {k: float(v) for k, v in (validated[0] if validated else {}).items()}
-            val_metrics["checkpoint"] = os.path.relpath(best, out)
-            (out / "metrics_val.json").write_text(json.dumps(val_metrics, indent=2))
+        val_metrics = {k: float(v) for k, v in (validated[0] if validated else {}).items()}
+        val_metrics["checkpoint"] = os.path.relpath(best, out)
         if model.hparams.decision == "balanced":
             # where the decision falls between classes, chosen on the validation split, kept in the checkpoint
             offsets = model.choose_decision_offsets(datamodule.val_dataloader())
+            val_metrics |= {f"decision_offset_{c}": float(o) for c, o in zip(datamodule.classes, offsets)}
             if trainer.is_global_zero:
                 checkpoint = torch.load(best, map_location="cpu", weights_only=False)
                 checkpoint["state_dict"]["decision_offsets"] = torch.as_tensor(offsets, dtype=torch.float32)
                 torch.save(checkpoint, best)
-                val_metrics |= {f"decision_offset_{c}": float(o) for c, o in zip(datamodule.classes, offsets)}
-                (out / "metrics_val.json").write_text(json.dumps(val_metrics, indent=2))
                 log.info("decision offsets chosen on validation: %s", dict(zip(datamodule.classes, offsets.round(2))))
             trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            (out / "metrics_val.json").write_text(json.dumps(val_metrics, indent=2))
 
     if cfg.get("test", True):
         # the test fold is read once, by the checkpoint the validation split chose

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,19 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("cyst", "lipoma", "pilomatricoma")
+
+
+def run_train(*overrides, cwd=REPO) -> subprocess.CompletedProcess:
+    """``python -m skintumor.train OVERRIDES`` in a subprocess (text output captured)."""
+    return subprocess.run([sys.executable, "-m", "skintumor.train", *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def train_tiny(folder: Path, run_dir: Path, *overrides) -> subprocess.CompletedProcess:
+    """Two CPU epochs at 32 px on a ``write_class_folders`` folder (3 folds, batch 4, CSV logger) into run_dir."""
+    return run_train("data=folder", f"data.root={folder}", f"data.options.patients_csv={folder}/patients.csv",
+                     "data.image_size=32", "data.n_folds=3", "data.batch_size=4", "trainer.max_epochs=2",
+                     "trainer.accelerator=cpu", "logger=csv", *overrides, f"hydra.run.dir={run_dir}")
 
 
 def write_class_folders(root: Path, patients_per_class: int = 6, images_per_patient: int = 2,

@@ -1,7 +1,5 @@
 """Class offsets for the decision, chosen on the inner validation split (model.decision=balanced)."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -9,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import CLASSES, REPO
+from conftest import CLASSES, train_tiny
 from skintumor.data.datamodule import CachedImageDataset, decode_resized
 from skintumor.data.manifest import Manifest
 from skintumor.models.decision import balanced_accuracy, balanced_offsets, cross_fitted, shift_probabilities
@@ -83,12 +81,7 @@ def test_checkpoints_without_offsets_still_load(tmp_path):
 
 def test_training_chooses_offsets_on_validation_and_keeps_them(tiny_folder, tmp_path):
     run_dir = tmp_path / "r"
-    proc = subprocess.run(
-        [sys.executable, "-m", "skintumor.train", "data=folder", f"data.root={tiny_folder}",
-         f"data.options.patients_csv={tiny_folder}/patients.csv", "data.image_size=32", "data.n_folds=3",
-         "data.batch_size=4", "trainer.max_epochs=2", "trainer.accelerator=cpu", "logger=csv",
-         "model.decision=balanced", f"hydra.run.dir={run_dir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = train_tiny(tiny_folder, run_dir, "model.decision=balanced")
     assert proc.returncode == 0, proc.stderr[-3000:]
     chosen = json.loads((run_dir / "metrics_val.json").read_text())
     stored = [chosen[f"decision_offset_{c}"] for c in CLASSES]

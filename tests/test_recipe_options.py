@@ -1,7 +1,5 @@
 """Recipe options (all off by default): balanced sampling, EMA, SWA, hflip TTA, gate spread logging,
 the gates' lesion-mask loss."""
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import CLASSES, REPO
+from conftest import CLASSES, REPO, train_tiny
 from skintumor.data.datamodule import UltrasoundDataModule
 from skintumor.models.module import SkinTumorClassifier, load_classifier
 
@@ -180,13 +178,8 @@ def test_swa_two_epoch_tiny_run_finishes(imbalanced_folder, tmp_path):
 def test_tiny_run_with_recipe_options(tiny_folder, tmp_path):
     """callbacks=swa + balanced sampler + EMA + TTA through the entry point, 2 epochs at 32 px."""
     run_dir = tmp_path / "r"
-    proc = subprocess.run(
-        [sys.executable, "-m", "skintumor.train", "data=folder", f"data.root={tiny_folder}",
-         f"data.options.patients_csv={tiny_folder}/patients.csv", "data.image_size=32", "data.n_folds=3",
-         "data.batch_size=4", "trainer.max_epochs=2", "trainer.accelerator=cpu", "logger=csv",
-         "callbacks=swa", "callbacks.swa.swa_epoch_start=1", "data.sampler=balanced",
-         "model.ema_decay=0.9", "model.tta=hflip", f"hydra.run.dir={run_dir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = train_tiny(tiny_folder, run_dir, "callbacks=swa", "callbacks.swa.swa_epoch_start=1", "data.sampler=balanced",
+                      "model.ema_decay=0.9", "model.tta=hflip")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "predictions_test.csv").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     logged = pd.read_csv(run_dir / "csv" / "metrics.csv")

@@ -1,22 +1,15 @@
 """The Hydra entry point end to end, on tiny images in tmp_path."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO
+from conftest import REPO, run_train, train_tiny
 from skintumor.models.module import load_classifier
 
 CONF = REPO / "conf"
-
-
-def _run(*overrides, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "skintumor.train", *overrides], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
 
 
 def _options(group):
@@ -47,9 +40,7 @@ def test_study_values_in_experiment_paper():
 @pytest.fixture(scope="module")
 def trained_run(tiny_folder, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "r"
-    proc = _run("data=folder", f"data.root={tiny_folder}", f"data.options.patients_csv={tiny_folder}/patients.csv",
-                "data.image_size=32", "data.n_folds=3", "data.batch_size=4", "trainer.max_epochs=2",
-                "trainer.accelerator=cpu", "logger=csv", f"hydra.run.dir={run_dir}")
+    proc = train_tiny(tiny_folder, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -88,13 +79,13 @@ def test_checkpoint_rebuilds_without_pickles(trained_run):
 
 def test_run_directory_is_never_overwritten(trained_run, tiny_folder):
     before = (trained_run / "checkpoints" / "best.ckpt").stat().st_mtime_ns
-    proc = _run("data=folder", f"data.root={tiny_folder}", "debug=fdr", f"hydra.run.dir={trained_run}")
+    proc = run_train("data=folder", f"data.root={tiny_folder}", "debug=fdr", f"hydra.run.dir={trained_run}")
     assert proc.returncode == 2 and "never overwritten" in proc.stderr
     assert (trained_run / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
 
 
 def test_fast_dev_run_plain_resnet(tiny_folder, tmp_path):
-    proc = _run("data=folder", f"data.root={tiny_folder}", "model=resnet18", "data.image_size=32",
+    proc = run_train("data=folder", f"data.root={tiny_folder}", "model=resnet18", "data.image_size=32",
                 "data.n_folds=3", "debug=fdr", f"hydra.run.dir={tmp_path / 'fdr'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(pd.read_csv(tmp_path / "fdr" / "predictions_test.csv")) > 0
@@ -103,13 +94,13 @@ def test_fast_dev_run_plain_resnet(tiny_folder, tmp_path):
 def test_bad_data_is_one_clear_line(tmp_path):
     (tmp_path / "data" / "cyst").mkdir(parents=True)
     (tmp_path / "data" / "cyst" / "a.png").write_bytes(b"")
-    proc = _run("data=folder", f"data.root={tmp_path / 'data'}", "debug=fdr", f"hydra.run.dir={tmp_path / 'r'}")
+    proc = run_train("data=folder", f"data.root={tmp_path / 'data'}", "debug=fdr", f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2
     assert "a.png: file is empty" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_missing_weights_file_is_one_clear_line(tiny_folder, tmp_path):
-    proc = _run("data=folder", f"data.root={tiny_folder}", "data.image_size=32", "data.n_folds=3", "debug=fdr",
+    proc = run_train("data=folder", f"data.root={tiny_folder}", "data.image_size=32", "data.n_folds=3", "debug=fdr",
                 f"model.net.weights_path={tmp_path / 'resnet18.pth'}", f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2
     assert "resnet18.pth: weights file not found" in proc.stderr and "Traceback" not in proc.stderr

@@ -132,18 +132,26 @@ class SkinTumorClassifier(L.LightningModule):
         return probs
 
     @torch.no_grad()
-    def choose_decision_offsets(self, loader) -> np.ndarray:
-        """Set ``decision_offsets`` to the ones that maximise balanced accuracy on ``loader``
-        (the inner validation split) and return them, (C,). Plain argmax is the starting point."""
-        self.decision_offsets.zero_()
+    def predict_loader(self, loader) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (N,) and :meth:`predict_proba` probabilities (N, C) of a loader of ``(x, y, ...)``
+        items, in eval mode (the module's mode is restored afterwards)."""
         was_training, device = self.training, self.decision_offsets.device
         self.eval()
         ys, ps = [], []
         for x, y, *_ in loader:
-            ps.append(self.predict_proba(x.to(device)).cpu().numpy())
+            x = x.to(device)
+            if self.hparams.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ps.append(self.predict_proba(x).cpu().numpy())
             ys.append(y.numpy())
         self.train(was_training)
-        offsets = balanced_offsets(np.concatenate(ys), np.concatenate(ps))
+        return np.concatenate(ys), np.concatenate(ps)
+
+    def choose_decision_offsets(self, loader) -> np.ndarray:
+        """Set ``decision_offsets`` to the ones that maximise balanced accuracy on ``loader``
+        (the inner validation split) and return them, (C,). Plain argmax is the starting point."""
+        self.decision_offsets.zero_()
+        offsets = balanced_offsets(*self.predict_loader(loader))
         self.decision_offsets.copy_(torch.as_tensor(offsets, dtype=self.decision_offsets.dtype))
         return offsets
 
