@@ -28,7 +28,7 @@ train: $(STAMP)  ## train on the embedded phantom (extra Hydra overrides: make t
 cv: $(STAMP)  ## cross-validation over FOLDS + report in outputs/cv/NAME_<time> (make cv NAME=resnet ARGS="model=resnet18")
 	@name=$(NAME)_$$(date +%Y-%m-%d_%H-%M-%S); dir=outputs/cv/$$name; \
 	$(PY) -m skintumor.train -m data.fold=$(FOLDS) sweep_name=$$name hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
-	test -f $$dir/report.md || $(PY) -m skintumor.report $$dir; \
+	test -f $$dir/report.md || test -f $$dir/ensemble/report.md || $(PY) -m skintumor.report $$dir; \
 	echo "sweep directory: $$dir"; exit $$status
 
 paper: $(STAMP)  ## the study's protocol: policy search per outer fold, then CV with those policies + report (ARGS to both, SEARCH_ARGS/TRAIN_ARGS to one)

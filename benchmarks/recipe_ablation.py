@@ -66,6 +66,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {  # in priority order: earlie
     "aug_policy": ("augment", ["augment=policy", "augment.path={policy}"],
                    "the learned policy (searched per outer fold) instead of strong"),
     "mask": ("mask", ["model.loss.mask_weight=1.0"], "the gates also learn the lesion masks (weight 1)"),
+    "empty_mask": ("mask", ["model.loss.empty_mask=background"], "empty masks (normal images) teach the gates to stay off"),
+    "mixup": ("mixing", ["model.mixing.mixup_alpha=0.2"], "mixup of training batches (alpha 0.2), masks mixed alike"),
 }
 SEARCH = ["data.image_size=128", "search.trials=50", "data.seed=42"]  # half the study's TPE budget per inner fold
 

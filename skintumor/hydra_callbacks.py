@@ -1,7 +1,8 @@
 """Hydra callbacks for cross-validation sweeps (``python -m skintumor.train -m data.fold=0,1,2,3,4``).
 
 - :class:`CrossValidationReport` writes the out-of-fold report into the sweep directory when the
-  multirun ends (configured in ``conf/hydra/default.yaml``).
+  multirun ends (configured in ``conf/hydra/default.yaml``); for an ensemble sweep, each member's and
+  the ensemble's.
 - :class:`OneDevicePerJob` gives each parallel job its own GPU (or its share of the CPU threads);
   it acts only when the launcher runs several jobs at once (``hydra/launcher=parallel``).
 """
@@ -18,6 +19,9 @@ from rich.console import Console
 class CrossValidationReport(Callback):
     """After a multirun whose job directories are ``fold_<k>``, run :func:`build_report` on the sweep.
 
+    Ensemble sweeps (job directories ``<member>/fold_<k>``, e.g. ``member_${seed}/fold_${data.fold}``
+    in ``experiment=recipe_ensemble``): each member is reported, then the members' mean
+    probabilities are written to ``<sweep>/ensemble`` (:func:`ensemble_sweeps`) and reported there.
     A report failure is printed, never raised: the trained folds stay valid. If a fold fails, Hydra
     stops before this hook; ``make cv`` then runs ``python -m skintumor.report`` itself.
     """
@@ -26,15 +30,28 @@ class CrossValidationReport(Callback):
         self.n_boot, self.seed = int(n_boot), int(seed)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if not str(config.hydra.sweep.subdir).startswith("fold_"):
+        subdir = str(config.hydra.sweep.subdir)
+        members = "/" in subdir and Path(subdir).name.startswith("fold_")
+        if not (subdir.startswith("fold_") or members):
             return  # not a sweep over folds
         sweep_dir = Path(str(config.hydra.sweep.dir))
         console = Console()
         try:
             from skintumor.evaluate.report import build_report
 
-            build_report(sweep_dir, n_boot=self.n_boot, seed=self.seed, console=console)
-            console.print(f"cross-validation report: {sweep_dir / 'report.html'}", soft_wrap=True)
+            if not members:
+                build_report(sweep_dir, n_boot=self.n_boot, seed=self.seed, console=console)
+                console.print(f"cross-validation report: {sweep_dir / 'report.html'}", soft_wrap=True)
+                return
+            from skintumor.evaluate.ensemble import ensemble_sweeps
+
+            member_dirs = sorted(d for d in sweep_dir.iterdir() if d.is_dir() and any(d.glob("fold_*")))
+            for d in member_dirs:
+                build_report(d, n_boot=self.n_boot, seed=self.seed, console=console)
+            out = ensemble_sweeps(member_dirs, sweep_dir / "ensemble") if len(member_dirs) > 1 else member_dirs[0]
+            build_report(out, n_boot=self.n_boot, seed=self.seed, console=console)
+            console.print(f"cross-validation report of the {len(member_dirs)} members' ensemble: {out / 'report.html'}",
+                          soft_wrap=True)
         except Exception as err:  # noqa: BLE001 - the sweep's results must survive a report bug
             console.print(f"[bold red]report not written:[/] {err} "
                           f"(retry: python -m skintumor.report {sweep_dir})", soft_wrap=True)

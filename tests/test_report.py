@@ -308,6 +308,26 @@ def test_hydra_callback_writes_report_after_a_fold_sweep(tmp_path):
     assert not (other / "report.md").exists()  # not a sweep over folds: left alone
 
 
+def test_hydra_callback_reports_each_member_and_their_ensemble(tmp_path):
+    """experiment=recipe_ensemble's layout, <sweep>/member_<seed>/fold_<k>: every member is reported,
+    and <sweep>/ensemble holds the members' mean probabilities with its own report."""
+    from skintumor.hydra_callbacks import CrossValidationReport
+
+    sweep_dir = tmp_path / "sweep"
+    members = [make_sweep(sweep_dir / f"member_{s}", strength=1.0, model_seed=s, n_folds=2) for s in (1, 2)]
+    cfg = compose_train(f"hydra.sweep.dir={sweep_dir}", "experiment=recipe_ensemble")
+    assert str(cfg.hydra.sweep.subdir) == "member_42/fold_0" and cfg.hydra.sweeper.params.seed == "1,2"
+    CrossValidationReport(n_boot=100).on_multirun_end(cfg)
+    for m in members:
+        assert json.loads((m / "metrics_cv.json").read_text())["folds_used"] == [0, 1]
+    ens = load_sweep(sweep_dir / "ensemble")
+    assert (sweep_dir / "ensemble" / "report.md").is_file() and not (sweep_dir / "report.md").exists()
+    a, b = (load_sweep(m).folds[1].set_index("path") for m in members)
+    cols = [f"p_{k}" for k in CLASSES]
+    got = ens.folds[1].set_index("path")
+    np.testing.assert_allclose(got[cols].to_numpy(), ((a[cols] + b[cols]) / 2).loc[got.index].to_numpy(), atol=1e-5)
+
+
 def test_one_device_per_job_pins_gpus_only_for_parallel_jobs(monkeypatch):
     from skintumor.hydra_callbacks import OneDevicePerJob
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from skintumor.augment.mixing import mix_batch
 from skintumor.evaluate.metrics import stage_metrics, summarise
 from skintumor.models.attention_resnet import AttentionGatedResNet18
 from skintumor.models.decision import balanced_offsets
@@ -52,13 +53,17 @@ class SkinTumorClassifier(L.LightningModule):
             (:meth:`choose_decision_offsets`, :mod:`skintumor.models.decision`). They live in the
             ``decision_offsets`` buffer (zeros = plain argmax), so the checkpoint carries them and
             every later prediction (test, :meth:`predict_proba`, ``skintumor.explain``) uses them.
+        mixing: ``mixup_alpha``, ``cutmix_alpha`` (0 = off): training batches are mixed
+            (:func:`~skintumor.augment.mixing.mix_batch`, lesion masks mixed alike) and the loss is
+            the mix of the two labels' losses. Validation and test see plain images.
     """
 
     def __init__(self, classes: list[str], net: dict | None = None, loss: dict | None = None,
                  optimizer: dict | None = None, scheduler: dict | None = None,
                  class_counts: list[int] | None = None, image_size: int = 224,
                  mean: float = 0.449, std: float = 0.226, channels_last: bool = True,
-                 ema_decay: float | None = None, tta: str | None = None, decision: str = "argmax"):
+                 ema_decay: float | None = None, tta: str | None = None, decision: str = "argmax",
+                 mixing: dict | None = None):
         super().__init__()
         if decision not in DECISIONS:
             raise ValueError(f"model.decision must be one of {DECISIONS}, got {decision!r}")
@@ -73,12 +78,15 @@ class SkinTumorClassifier(L.LightningModule):
                 raise ValueError("loss.alpha='auto' needs the training fold's class_counts")
             loss["alpha"] = inverse_frequency_alpha(class_counts)
         net = dict(net or {}) | {"num_classes": len(classes)}
+        mixing = dict(mixup_alpha=0.0, cutmix_alpha=0.0) | dict(mixing or {})
+        if set(mixing) != {"mixup_alpha", "cutmix_alpha"} or min(mixing.values()) < 0:
+            raise ValueError(f"model.mixing takes mixup_alpha and cutmix_alpha (>= 0, 0 = off), got {mixing}")
         self.save_hyperparameters(dict(classes=list(classes), net=net, loss=loss,
                                        optimizer=dict(name="adam", lr=1e-4, weight_decay=0.0) | dict(optimizer or {}),
                                        scheduler=dict(name="step", step_size=7, gamma=0.1) | dict(scheduler or {}),
                                        class_counts=class_counts, image_size=image_size, mean=mean, std=std,
                                        channels_last=channels_last, ema_decay=ema_decay, tta=tta,
-                                       decision=decision))
+                                       decision=decision, mixing=mixing))
         self.classes = list(classes)
         self.model = AttentionGatedResNet18(**net)
         self.register_buffer("decision_offsets", torch.zeros(len(classes)))  # added to log-probabilities
@@ -161,19 +169,30 @@ class SkinTumorClassifier(L.LightningModule):
 
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, rows = batch[:3]
+        masks = batch[3] if len(batch) > 3 else None
+        mix = None
+        if stage == "train" and any(self.hparams.mixing.values()):
+            mix = mix_batch(x, y, masks, **self.hparams.mixing)
+            x, masks = mix.x, mix.masks
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self.model if stage == "train" else self.eval_model()
         out = net.forward_details(x)
-        loss = self.criterion(out.logits, y)
+
+        def criterion(logits: torch.Tensor) -> torch.Tensor:
+            if mix is None:
+                return self.criterion(logits, y)
+            return mix.lam * self.criterion(logits, mix.y_a) + (1 - mix.lam) * self.criterion(logits, mix.y_b)
+
+        loss = criterion(out.logits)
         if stage == "train" and self.model.aggregation == "deep_sup" and out.branch_logits:
-            aux = torch.stack([self.criterion(b, y) for b in out.branch_logits]).mean()
+            aux = torch.stack([criterion(b) for b in out.branch_logits]).mean()
             loss = loss + self.aux_weight * aux
-        if stage == "train" and self.mask_weight > 0 and len(batch) > 3:
+        if stage == "train" and self.mask_weight > 0 and masks is not None:
             # the gates learn to point at the lesion where the data has a lesion mask
             norm = self.hparams.net.get("normalization", "sigmoid")
             background = self.hparams.loss["empty_mask"] == "background"
-            mask_loss = torch.stack([gate_mask_loss(a, batch[3], norm, background)
+            mask_loss = torch.stack([gate_mask_loss(a, masks, norm, background)
                                      for a in out.attention.values()]).mean()
             self.log("train/mask_loss", mask_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.mask_weight * mask_loss
@@ -188,6 +207,8 @@ class SkinTumorClassifier(L.LightningModule):
                          sync_dist=True)
                 self.log(f"val/{name}_cv", cv.mean(), on_step=False, on_epoch=True, batch_size=len(y),
                          sync_dist=True)
+        if mix is not None and mix.lam < 0.5:  # training metrics count the larger part's label
+            y = mix.y_b
         self.metrics[f"{stage}_metrics"].update(probs, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,
                  batch_size=len(y), sync_dist=True)

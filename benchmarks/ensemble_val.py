@@ -1,0 +1,84 @@
+"""Does a seed ensemble help? Judged on the inner validation split, which its members share.
+
+    python benchmarks/ensemble_val.py outputs/cv/member_a outputs/cv/member_b [...]
+
+The members must be sweeps over the same outer folds *and* the same inner validation split (same
+``data.seed`` and ``data.inner_fold``; they differ in ``seed``), so every fold's validation images
+are unseen by all members and the mean of their probabilities can be scored there. For each fold
+the stored decision offsets are zeroed and chosen again; the val score is the recipe ablation's,
+(validation macro AUROC + validation balanced accuracy) / 2, with offsets cross-fitted on
+validation as in ``benchmarks/decision_bias.py``. Two ways to ensemble: average the members'
+offset-shifted probabilities (each member's offsets chosen on its own validation probabilities,
+what ``python -m skintumor.report --ensemble`` does with finished sweeps), or choose one set of
+offsets on the members' mean. The test columns apply offsets chosen on the whole validation split;
+the test folds choose nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tta_effect import REPO, fold_model_and_loaders  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
+from skintumor.models.decision import balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
+
+
+def same_split(fold_dirs: list[Path]) -> None:
+    """Refuse members whose validation or test rows differ in this fold."""
+    splits = [json.loads((d / "split.json").read_text()) for d in fold_dirs]
+    for d, s in zip(fold_dirs[1:], splits[1:]):
+        if s["val"] != splits[0]["val"] or s["test"] != splits[0]["test"]:
+            sys.exit(f"{d}: its validation or test rows differ from {fold_dirs[0]}'s (same data.seed and "
+                     "data.inner_fold needed)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("members", type=Path, nargs="+")
+    args = parser.parse_args()
+    if len(args.members) < 2:
+        parser.error("an ensemble needs at least two sweeps")
+    names = [m.name for m in args.members] + ["ensemble: mean of the members' shifted probabilities (what "
+                                              "`report --ensemble` averages)", "ensemble: offsets chosen on the mean"]
+    val = {n: [] for n in names}
+    test = {n: ([], []) for n in names}  # labels, probabilities with offsets
+    classes = None
+    for fold_dir in sorted(args.members[0].glob("fold_*")):
+        dirs = [m / fold_dir.name for m in args.members]
+        same_split(dirs)
+        val_p, test_p = [], []  # per member: (validation cross-fitted, test shifted) and plain
+        for d in dirs:
+            model, loaders = fold_model_and_loaders(d)
+            model.decision_offsets.zero_()  # plain probabilities; offsets are chosen below
+            classes = model.hparams.classes
+            yv, pv = model.predict_loader(loaders["val"])
+            yt, pt = model.predict_loader(loaders["test"])
+            val_p.append(pv), test_p.append(pt)
+        scored = [(cross_fitted(yv, pv), shift_probabilities(pt, balanced_offsets(yv, pv))) for pv, pt in zip(val_p, test_p)]
+        scored.append((np.mean([v for v, _ in scored], axis=0), np.mean([t for _, t in scored], axis=0)))
+        mean_v, mean_t = np.mean(val_p, axis=0), np.mean(test_p, axis=0)
+        scored.append((cross_fitted(yv, mean_v), shift_probabilities(mean_t, balanced_offsets(yv, mean_v))))
+        for n, (pv, pt) in zip(names, scored):
+            m = classification_metrics(yv, pv, classes)
+            val[n].append((m["auroc_macro"] + m["bal_acc"]) / 2)
+            test[n][0].append(yt), test[n][1].append(pt)
+        print(f"{fold_dir.name}: " + ", ".join(f"{v[-1]:.3f}" for v in val.values()), file=sys.stderr)
+    print("| model | val score (cross-fitted offsets, mean over folds) | pooled test AUROC | pooled test bal. acc | "
+          + " | ".join(f"{c} sens." for c in classes) + " |")
+    print("|---|---|---|---|" + "---|" * len(classes))
+    for n in names:
+        m = classification_metrics(np.concatenate(test[n][0]), np.concatenate(test[n][1]), classes)
+        sens = " | ".join(f"{m[f'sens_{c}']:.3f}" for c in classes)
+        print(f"| {n} | {np.mean(val[n]):.3f} | {m['auroc_macro']:.3f} | {m['bal_acc']:.3f} | {sens} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
