@@ -53,7 +53,7 @@ def main() -> int:
     for fold_dir in sorted(args.members[0].glob("fold_*")):
         dirs = [m / fold_dir.name for m in args.members]
         same_split(dirs)
-        val_p, test_p = [], []  # per member: (validation cross-fitted, test shifted) and plain
+        val_p, test_p = [], []  # per member: plain probabilities (offsets zeroed)
         for d in dirs:
             model, loaders = fold_model_and_loaders(d)
             model.decision_offsets.zero_()  # plain probabilities; offsets are chosen below
@@ -61,6 +61,7 @@ def main() -> int:
             yv, pv = model.predict_loader(loaders["val"])
             yt, pt = model.predict_loader(loaders["test"])
             val_p.append(pv), test_p.append(pt)
+        # per name, (validation probabilities with cross-fitted offsets, test probabilities with offsets)
         scored = [(cross_fitted(yv, pv), shift_probabilities(pt, balanced_offsets(yv, pv))) for pv, pt in zip(val_p, test_p)]
         scored.append((np.mean([v for v, _ in scored], axis=0), np.mean([t for _, t in scored], axis=0)))
         mean_v, mean_t = np.mean(val_p, axis=0), np.mean(test_p, axis=0)

@@ -48,10 +48,11 @@ class CrossValidationReport(Callback):
             member_dirs = sorted(d for d in sweep_dir.iterdir() if d.is_dir() and any(d.glob("fold_*")))
             for d in member_dirs:
                 build_report(d, n_boot=self.n_boot, seed=self.seed, console=console)
-            out = ensemble_sweeps(member_dirs, sweep_dir / "ensemble") if len(member_dirs) > 1 else member_dirs[0]
-            build_report(out, n_boot=self.n_boot, seed=self.seed, console=console)
-            console.print(f"cross-validation report of the {len(member_dirs)} members' ensemble: {out / 'report.html'}",
-                          soft_wrap=True)
+            if len(member_dirs) > 1:  # one member (e.g. seed=1 on the command line) has its report already
+                out = ensemble_sweeps(member_dirs, sweep_dir / "ensemble")
+                build_report(out, n_boot=self.n_boot, seed=self.seed, console=console)
+                console.print(f"cross-validation report of the {len(member_dirs)} members' ensemble: "
+                              f"{out / 'report.html'}", soft_wrap=True)
         except Exception as err:  # noqa: BLE001 - the sweep's results must survive a report bug
             console.print(f"[bold red]report not written:[/] {err} "
                           f"(retry: python -m skintumor.report {sweep_dir})", soft_wrap=True)

@@ -45,18 +45,18 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None = Non
     perm = torch.randperm(x.shape[0]).to(x.device)
     if use_cutmix:
         box, lam = _box(x.shape[-2:], lam)
-        mixed = x.clone()
-        mixed[..., box[0]:box[1], box[2]:box[3]] = x[perm][..., box[0]:box[1], box[2]:box[3]]
-    else:
-        mixed = lam * x + (1 - lam) * x[perm]
-    mixed_masks = None
+
+    def mix(t: torch.Tensor) -> torch.Tensor:  # the same mixing for the images and their masks
+        if not use_cutmix:
+            return lam * t + (1 - lam) * t[perm]
+        out = t.clone()
+        out[..., box[0]:box[1], box[2]:box[3]] = t[perm][..., box[0]:box[1], box[2]:box[3]]
+        return out
+
+    mixed, mixed_masks = mix(x), None
     if masks is not None:
         known = (masks.flatten(1).amin(dim=1) >= 0) & (masks[perm].flatten(1).amin(dim=1) >= 0)
-        if use_cutmix:
-            mixed_masks = masks.clone()
-            mixed_masks[..., box[0]:box[1], box[2]:box[3]] = masks[perm][..., box[0]:box[1], box[2]:box[3]]
-        else:
-            mixed_masks = lam * masks + (1 - lam) * masks[perm]
+        mixed_masks = mix(masks)
         mixed_masks[~known] = -1.0
     return MixedBatch(mixed, y, y[perm], lam, mixed_masks)
 
