@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tta_effect import REPO, fold_model_and_loaders  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from skintumor.evaluate.finished_run import FinishedRun  # noqa: E402
 from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
 from skintumor.models.decision import balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
 
@@ -41,7 +40,8 @@ def main() -> int:
     ys, plain, shifted, classes = [], [], [], None
     val = {"plain": [], "cross": []}
     for fold_dir in sorted(args.sweep.glob("fold_*")):
-        model, loaders = fold_model_and_loaders(fold_dir)
+        run = FinishedRun.open(fold_dir)
+        model, loaders = run.classifier, {part: run.loader(part) for part in ("val", "test")}
         model.decision_offsets.zero_()  # start from plain argmax, also for runs trained with offsets
         classes = model.hparams.classes
         yv, pv = model.predict_loader(loaders["val"])

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tta_effect import REPO, fold_model_and_loaders  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from skintumor.evaluate.finished_run import FinishedRun  # noqa: E402
 from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
 from skintumor.models.decision import balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
 
@@ -55,7 +54,8 @@ def main() -> int:
         same_split(dirs)
         val_p, test_p = [], []  # per member: plain probabilities (offsets zeroed)
         for d in dirs:
-            model, loaders = fold_model_and_loaders(d)
+            run = FinishedRun.open(d)
+            model, loaders = run.classifier, {part: run.loader(part) for part in ("val", "test")}
             model.decision_offsets.zero_()  # plain probabilities; offsets are chosen below
             classes = model.hparams.classes
             yv, pv = model.predict_loader(loaders["val"])

@@ -11,36 +11,16 @@ setting is evaluated at the same epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from skintumor.data.datamodule import CachedImageDataset  # noqa: E402
-from skintumor.data.manifest import Manifest  # noqa: E402
-from skintumor.explain.run import decode_test_images  # noqa: E402
+from skintumor.evaluate.finished_run import FinishedRun  # noqa: E402
 from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
-from skintumor.models.module import load_classifier  # noqa: E402
-
-
-def fold_model_and_loaders(fold_dir: Path) -> tuple[torch.nn.Module, dict[str, DataLoader]]:
-    """A finished run's chosen checkpoint (eval mode) and loaders of its ``val`` and ``test`` rows."""
-    split = json.loads((fold_dir / "split.json").read_text())
-    manifest = Manifest.from_csv(fold_dir / "manifest.csv", root=split["root"], classes=split["classes"])
-    model = load_classifier(fold_dir / "checkpoints" / "best.ckpt").eval()
-    hp, labels, loaders = model.hparams, manifest.labels, {}
-    for part in ("val", "test"):
-        rows = list(split[part])
-        images, _ = decode_test_images(fold_dir, manifest.subset(rows), hp.image_size)  # as training decoded them
-        dataset = CachedImageDataset(images, [labels[r] for r in rows], np.arange(len(rows)), hp.mean, hp.std)
-        loaders[part] = DataLoader(dataset, batch_size=64)
-    return model, loaders
 
 
 def main() -> int:
@@ -50,7 +30,8 @@ def main() -> int:
     results = {tta: {"val": [], "test_y": [], "test_p": []} for tta in (None, "hflip")}
     classes = None
     for fold_dir in sorted(args.sweep.glob("fold_*")):
-        model, loaders = fold_model_and_loaders(fold_dir)
+        run = FinishedRun.open(fold_dir)
+        model, loaders = run.classifier, {part: run.loader(part) for part in ("val", "test")}
         classes = model.hparams.classes
         for tta in results:
             model.hparams.tta = tta

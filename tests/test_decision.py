@@ -5,11 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from conftest import CLASSES, train_tiny
-from skintumor.data.datamodule import CachedImageDataset, decode_resized
-from skintumor.data.manifest import Manifest
+from skintumor.evaluate.finished_run import FinishedRun
 from skintumor.models.decision import balanced_accuracy, balanced_offsets, cross_fitted, shift_probabilities
 from skintumor.models.module import SkinTumorClassifier, load_classifier
 
@@ -85,15 +83,10 @@ def test_training_chooses_offsets_on_validation_and_keeps_them(tiny_folder, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     chosen = json.loads((run_dir / "metrics_val.json").read_text())
     stored = [chosen[f"decision_offset_{c}"] for c in CLASSES]
-    model = load_classifier(run_dir / "checkpoints" / "best.ckpt")
+    run = FinishedRun.open(run_dir)
+    model = run.classifier
     assert model.decision_offsets.tolist() == pytest.approx(stored) and stored[0] == 0
     # the stored offsets are the ones the validation split picks (not the test fold)
-    split = json.loads((run_dir / "split.json").read_text())
-    manifest = Manifest.from_csv(run_dir / "manifest.csv", root=split["root"], classes=split["classes"])
-    val = manifest.subset(split["val"])
-    images, _ = decode_resized(val, 32)
-    loader = DataLoader(CachedImageDataset(images, val.labels, np.arange(len(val)), model.hparams.mean,
-                                           model.hparams.std), batch_size=8)
-    assert model.choose_decision_offsets(loader).tolist() == pytest.approx(stored)
+    assert model.choose_decision_offsets(run.loader("val", batch_size=8)).tolist() == pytest.approx(stored)
     preds = pd.read_csv(run_dir / "predictions_test.csv")
     assert preds[[f"p_{c}" for c in CLASSES]].sum(axis=1).round(4).eq(1).all()

@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from skintumor.data.check import decode_manifest
-from skintumor.data.datamodule import decode_resized, resize_pair
-from skintumor.data.manifest import DataError, Manifest
+from skintumor.data.manifest import DataError
+from skintumor.evaluate.finished_run import FinishedRun
 from skintumor.explain import agreement as agr
 from skintumor.explain.cam import METHODS, explain_batch
 from skintumor.explain.faithfulness import PERCENTILES, road_scores
 from skintumor.explain.figures import Case, gallery_figure, overlay_figure
-from skintumor.models.module import load_classifier
 
 
 @dataclass
@@ -56,37 +52,6 @@ class ExplainSettings:
     seed: int = 0
 
 
-def load_test_fold(run_dir: Path) -> tuple[Manifest, list[int]]:
-    """The run's manifest (root and classes from split.json) and its test rows; DataError when files are missing."""
-    for name in ("checkpoints/best.ckpt", "manifest.csv", "split.json"):
-        if not (run_dir / name).is_file():
-            raise DataError(f"{run_dir / name}: not found (is {run_dir} a finished training run?)")
-    try:
-        split = json.loads((run_dir / "split.json").read_text())
-        test_rows, root, classes = list(split["test"]), split["root"], list(split["classes"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"{run_dir / 'split.json'}: unreadable split ({err})") from None
-    manifest = Manifest.from_csv(run_dir / "manifest.csv", root=root, classes=classes)
-    if not test_rows:
-        raise DataError(f"{run_dir / 'split.json'}: the test fold is empty")
-    return manifest, test_rows
-
-
-def decode_test_images(run_dir: Path, test: Manifest, image_size: int):
-    """Test images and masks decoded as training did: resized, and cropped to the scan area first
-    when the run's ``.hydra/config.yaml`` says ``data.crop: true``. Returns (images, masks)."""
-    config = run_dir / ".hydra" / "config.yaml"
-    crop = False
-    if config.is_file():
-        crop = bool(((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("crop", False))
-    if not crop:
-        return decode_resized(test, image_size)
-    decoded = decode_manifest(test, hashes=False, crop=True, transform=partial(resize_pair, size=image_size))
-    if decoded.errors:
-        raise DataError(decoded.errors[0] + (f" (and {len(decoded.errors) - 1} more)" if len(decoded.errors) > 1 else ""))
-    return decoded.images, decoded.masks
-
-
 def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings: ExplainSettings | None = None,
                 overwrite: bool = False, progress: bool = True) -> dict:
     """Explain ``run_dir``'s test fold into ``out_dir`` (default ``run_dir/explain``); returns agreement.json's content."""
@@ -97,14 +62,14 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
     out = Path(out_dir) if out_dir else run_dir / "explain"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out}: already holds explanations (pass --overwrite to replace them)")
-    manifest, test_rows = load_test_fold(run_dir)
-    classifier = load_classifier(run_dir / "checkpoints" / "best.ckpt")
+    run = FinishedRun.open(run_dir)
+    if not run.rows["test"]:
+        raise DataError(f"{run_dir / 'split.json'}: the test fold is empty")
+    classifier, test_rows = run.classifier, run.rows["test"]
     hp = classifier.hparams
     classes = list(hp.classes)
-    if classes != manifest.classes:
-        raise DataError(f"{run_dir / 'checkpoints/best.ckpt'}: classes {classes} differ from split.json's {manifest.classes}")
-    test = manifest.subset(test_rows)
-    images, masks = decode_test_images(run_dir, test, int(hp.image_size))
+    test = run.manifest.subset(test_rows)
+    images, masks = run.decode("test")
     methods = tuple(settings.methods)
     rng = np.random.default_rng(settings.seed)
     centre = agr.centre_map((int(hp.image_size),) * 2)

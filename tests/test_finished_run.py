@@ -1,0 +1,44 @@
+"""A finished run read back from its directory sees exactly what training saw."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import CLASSES, train_tiny
+from skintumor.data.manifest import DataError
+from skintumor.evaluate.finished_run import FinishedRun
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_folder, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    proc = train_tiny(tiny_folder, run_dir, "model.tta=hflip", "model.decision=balanced")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_reopened_run_reproduces_its_test_predictions(tiny_run):
+    run = FinishedRun.open(tiny_run)
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert run.rows == {part: split[part] for part in ("train", "val", "test")}
+    assert not set(run.rows["test"]) & (set(run.rows["train"]) | set(run.rows["val"]))
+    y, p = run.classifier.predict_loader(run.loader("test", batch_size=5))
+    saved = pd.read_csv(tiny_run / "predictions_test.csv").set_index("path")
+    paths = run.manifest.subset(run.rows["test"]).table["path"]
+    saved = saved.loc[paths]
+    assert y.tolist() == [CLASSES.index(c) for c in saved["label"]]
+    # same decoding, normalisation, flip and decision offsets as the test pass of training
+    np.testing.assert_allclose(p, saved[[f"p_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
+
+
+def test_a_run_with_a_missing_or_broken_file_names_it(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    (copy / "split.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"split\.json: unreadable split"):
+        FinishedRun.open(copy)
+    (copy / "checkpoints" / "best.ckpt").unlink()
+    with pytest.raises(DataError, match=r"best\.ckpt: not found \(is .* a finished training run\?\)"):
+        FinishedRun.open(copy)
