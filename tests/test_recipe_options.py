@@ -51,9 +51,18 @@ def test_balanced_sampler_draws_classes_near_uniformly(imbalanced_folder):
     assert shares_plain[0] > 0.55  # the imbalance the sampler has to undo
     assert np.all(np.abs(shares - 1 / 3) < 0.08), shares
     assert len(balanced.train_dataloader().dataset) == len(plain.split.train)
-    # seeded: a fresh data module with the same seed draws the same sequence
-    again = _datamodule(imbalanced_folder, sampler="balanced")
-    assert np.array_equal(_drawn_labels(again, 1), _drawn_labels(_datamodule(imbalanced_folder, sampler="balanced"), 1))
+    # seeded by sampler_seed: the same seed draws the same sequence; seed-ensemble members share the
+    # folds' seed but not the sampler's, and must not draw the same batches
+    def draws(sampler_seed):
+        dm = _datamodule(imbalanced_folder, sampler="balanced", sampler_seed=sampler_seed)
+        return np.concatenate([rows.numpy() for _, _, rows in dm.train_dataloader()])
+
+    assert np.array_equal(draws(1), draws(1))
+    assert not np.array_equal(draws(1), draws(2))
+    torch.manual_seed(3)
+    first = draws(None)
+    torch.manual_seed(3)
+    assert np.array_equal(first, draws(None))  # None: torch's global generator, as shuffling
     with pytest.raises(ValueError, match="sampler"):
         UltrasoundDataModule(source="folder", root=str(imbalanced_folder), sampler="uniform")
 
@@ -305,3 +314,11 @@ def test_gate_mask_loss_runs_under_autocast_and_matches_bce():
     target = torch.nn.functional.adaptive_avg_pool2d(mask, (4, 4))
     assert float(under_autocast) == pytest.approx(float(torch.nn.functional.binary_cross_entropy(alpha, target)),
                                                   rel=1e-4)
+
+
+def test_ensemble_members_share_folds_but_not_batches():
+    """experiment=recipe_ensemble fixes the folds' seed; each member's sampler follows its own seed."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        members = [compose("train", overrides=["experiment=recipe_ensemble", f"seed={s}"]) for s in (1, 2)]
+    assert [m.data.seed for m in members] == [42, 42]
+    assert [m.data.sampler_seed for m in members] == [1, 2]

@@ -104,7 +104,10 @@ class UltrasoundDataModule(L.LightningDataModule):
             grouping, its threshold, and "keep" or "exclude" for near-duplicates with two labels.
         sampler: None (shuffle the training part) or "balanced": draw training images with
             replacement, weight 1/(images of its class), so every class is equally likely per draw;
-            an epoch still has len(training part) draws; seeded from ``seed``.
+            an epoch still has len(training part) draws.
+        sampler_seed: seed of the balanced sampler's draws (Hydra passes the training ``seed``);
+            None: they come from torch's global generator, like shuffling. Not the fold ``seed``:
+            seed-ensemble members share the folds but must not share their batches.
         inner_fold: which inner fold of the training part validates (default 0); fold-ensemble
             members use different ones (:meth:`PatientGroupedFolds.split`).
     """
@@ -115,11 +118,11 @@ class UltrasoundDataModule(L.LightningDataModule):
                  mean: float = 0.449, std: float = 0.226, augment: Augment | None = None,
                  manifest: Manifest | None = None, pin_memory: bool = False, crop: bool = False,
                  dedup: bool = False, max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep",
-                 sampler: str | None = None, inner_fold: int = 0):
+                 sampler: str | None = None, sampler_seed: int | None = None, inner_fold: int = 0):
         super().__init__()
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
-        self.sampler = sampler
+        self.sampler, self.sampler_seed = sampler, sampler_seed
         self.source, self.root, self.options = source, root, dict(options or {})
         self.fold, self.n_folds, self.val_fraction, self.seed = fold, n_folds, val_fraction, seed
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
@@ -185,7 +188,7 @@ class UltrasoundDataModule(L.LightningDataModule):
         """Draws the training part with replacement, each image weighted 1/(its class's count)."""
         labels = np.asarray(self.manifest.labels)[self.split.train]
         weights = 1.0 / np.bincount(labels)[labels]
-        generator = torch.Generator().manual_seed(self.seed)  # same draws for the same seed
+        generator = None if self.sampler_seed is None else torch.Generator().manual_seed(self.sampler_seed)
         return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
                                      replacement=True, generator=generator)
 
