@@ -35,6 +35,8 @@ class CrossValidationReport(Callback):
         if not (subdir.startswith("fold_") or members):
             return  # not a sweep over folds
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not any(sweep_dir.glob("**/fold_*/predictions_test.csv")):
+            return  # folds that trained nothing to report, e.g. `python -m skintumor.search -m` (policy files)
         console = Console()
         try:
             from skintumor.evaluate.report import build_report

@@ -18,6 +18,21 @@ def test_folder_source_reads_classes_and_patients(tiny_folder):
     assert (m.table["group_id"] == m.table["patient_id"]).all()
 
 
+def test_groups_that_share_a_patient_are_joined(tmp_path):
+    """One group per lesion would put one patient on both sides of a split: such groups are joined."""
+    table = pd.DataFrame({"path": [f"{i}.png" for i in range(5)], "label": ["cyst"] * 5,
+                          "patient_id": ["P1", "P1", "P2", "P3", "P3"], "group_id": ["L1", "L2", "L3", "L4", "L4"]})
+    with pytest.warns(UserWarning, match=r"1 patient\(s\) have images in more than one group_id \(e.g. P1: L1, L2\)"):
+        m = Manifest(table, tmp_path)
+    assert list(m.table["group_id"]) == ["L1", "L1", "L3", "L4", "L4"]
+    assert list(table["group_id"]) == ["L1", "L2", "L3", "L4", "L4"]  # the caller's table is not changed
+    # a chain: P4 in groups A and B, P5 in groups B and C -> one group
+    chain = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"], "label": ["cyst"] * 4,
+                          "patient_id": ["P4", "P4", "P5", "P5"], "group_id": ["A", "B", "B", "C"]})
+    with pytest.warns(UserWarning, match="2 patient"):
+        assert set(Manifest(chain, tmp_path).table["group_id"]) == {"A"}
+
+
 def test_folder_without_patients_warns_one_patient_per_image(tiny_folder):
     with pytest.warns(UserWarning, match="own patient"):
         m = folder_manifest(tiny_folder)

@@ -90,3 +90,16 @@ def test_training_chooses_offsets_on_validation_and_keeps_them(tiny_folder, tmp_
     assert model.choose_decision_offsets(run.loader("val", batch_size=8)).tolist() == pytest.approx(stored)
     preds = pd.read_csv(run_dir / "predictions_test.csv")
     assert preds[[f"p_{c}" for c in CLASSES]].sum(axis=1).round(4).eq(1).all()
+
+
+def test_many_classes_use_coordinate_ascent_and_still_undo_a_lean():
+    """Six classes: the full grid would be 31^5 points; the search must stay quick and still help."""
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(6), 30)
+    logits = rng.normal(0, 0.4, (len(y), 6))
+    logits[np.arange(len(y)), y] += 1.0
+    logits[:, 0] += 1.5  # the lean towards class 0
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    offsets = balanced_offsets(y, p)
+    assert offsets[0] == 0 and offsets.shape == (6,)
+    assert balanced_accuracy(y, shift_probabilities(p, offsets)) > balanced_accuracy(y, p) + 0.15

@@ -42,3 +42,21 @@ def test_a_run_with_a_missing_or_broken_file_names_it(tiny_run, tmp_path):
     (copy / "checkpoints" / "best.ckpt").unlink()
     with pytest.raises(DataError, match=r"best\.ckpt: not found \(is .* a finished training run\?\)"):
         FinishedRun.open(copy)
+
+
+def test_a_broken_or_foreign_checkpoint_is_named(tiny_run, tmp_path):
+    import torch
+
+    from skintumor.models.module import load_classifier
+
+    good = (tiny_run / "checkpoints" / "best.ckpt").read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"truncated\.ckpt: not a readable checkpoint"):
+        load_classifier(truncated)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"model": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(DataError, match=r"foreign\.ckpt: not a skintumor checkpoint"):
+        load_classifier(foreign)
+    with pytest.raises(DataError, match=r"nope\.ckpt: checkpoint not found"):
+        load_classifier(tmp_path / "nope.ckpt")

@@ -456,6 +456,15 @@ def test_patient_ids_and_duplicates_join_into_one_group(tmp_path):
     assert list(m.table["group_id"]) == ["P1", "P1", "P9", "P3"]  # the input is not changed
 
 
+def test_a_users_groups_survive_duplicate_grouping(tmp_path):
+    """group_id given in a CSV (e.g. two patients who are one family's scans) is kept by dedup."""
+    a, b, c, d = texture(210), texture(211), texture(212), texture(213)
+    m = manifest_of({"a": a, "b": b, "c": c, "d": d}, dict.fromkeys("abcd", "cyst"), tmp_path)
+    m = Manifest(m.table.assign(patient_id=["P1", "P2", "P3", "P4"], group_id=["G", "G", "P3", "P4"]), m.root)
+    grouped = apply_duplicate_groups(m, find_duplicates(m))
+    assert list(grouped.table["group_id"]) == ["G", "G", "P3", "P4"]
+
+
 def test_label_conflicts_are_reported_and_excluded_when_asked(tmp_path):
     a, b, c = texture(300), texture(301), texture(302)
     m = manifest_of({"a": a, "a_again": a, "b": b, "c": c}, {"a": "cyst", "a_again": "lipoma", "b": "cyst", "c": "lipoma"}, tmp_path)

@@ -296,7 +296,7 @@ def test_sweep_dir_and_wandb_group_share_the_sweep_name():
         assert compose_train(f"hydra/launcher={launcher}").hydra.launcher._target_.endswith(target)
 
 
-def test_hydra_callback_writes_report_after_a_fold_sweep(tmp_path):
+def test_hydra_callback_writes_report_after_a_fold_sweep(tmp_path, capsys):
     from skintumor.hydra_callbacks import CrossValidationReport
 
     sweep_dir = make_sweep(tmp_path / "sweep", n_folds=2)
@@ -306,6 +306,12 @@ def test_hydra_callback_writes_report_after_a_fold_sweep(tmp_path):
     other = make_sweep(tmp_path / "other", n_folds=2)
     CrossValidationReport(n_boot=200).on_multirun_end(compose_train(f"hydra.sweep.dir={other}", "hydra.sweep.subdir=x"))
     assert not (other / "report.md").exists()  # not a sweep over folds: left alone
+    search = tmp_path / "search"  # `python -m skintumor.search -m`: fold_<k> dirs with policy files only
+    (search / "fold_0").mkdir(parents=True)
+    (search / "fold_0" / "policy_fold0.json").write_text("{}")
+    capsys.readouterr()  # the reports above printed their paths
+    CrossValidationReport(n_boot=200).on_multirun_end(compose_train(f"hydra.sweep.dir={search}"))
+    assert capsys.readouterr().out == "" and not (search / "report.md").exists()  # no red "report not written"
 
 
 def test_hydra_callback_reports_each_member_and_their_ensemble(tmp_path):

@@ -48,6 +48,4 @@ def strong(seed: int | None = None) -> Augmentation:
     ], seed=seed, name="strong")
 
 
-default_augmentation = default  # the name the training pipeline first used
-
 PRESETS = {"none": none, "default": default, "strong": strong}

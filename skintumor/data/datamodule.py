@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from skintumor.data.check import prepare_manifest
 from skintumor.data.dedup import DEFAULT_MAX_DISTANCE
-from skintumor.data.folds import PatientGroupedFolds, Split
+from skintumor.data.folds import PatientGroupedFolds, Split, assert_disjoint_groups
 from skintumor.data.images import read_greyscale, read_mask
 from skintumor.data.manifest import Manifest, warn_mixed_label_patients
 from skintumor.data.sources import load_source
@@ -153,6 +153,7 @@ class UltrasoundDataModule(L.LightningDataModule):
         manifest = self.manifest
         folds = PatientGroupedFolds(manifest.labels, manifest.groups, self.n_folds, self.val_fraction, self.seed)
         self.split = folds.split(self.fold, self.inner_fold)
+        assert_disjoint_groups(self.split, self.manifest.table["patient_id"])  # patients too, not only groups
 
     @property
     def classes(self) -> list[str]:
@@ -201,6 +202,3 @@ class UltrasoundDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("test", None), shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()

@@ -145,10 +145,11 @@ def _components(n: int, i, j) -> tuple[int, np.ndarray]:
 
 
 def apply_duplicate_groups(manifest: Manifest, report: DuplicateReport, label_conflicts: str = "keep") -> Manifest:
-    """A copy of ``manifest`` whose ``group_id`` joins patients linked by near-duplicates.
+    """A copy of ``manifest`` whose ``group_id`` joins groups (patients, or a user's groups of
+    patients) linked by near-duplicates.
 
-    A group with one patient keeps that patient's id; a group spanning several patients is named
-    ``dup:<smallest patient id>``. ``label_conflicts``: ``"keep"`` leaves conflicting images in
+    A group linked to no other keeps its id; groups linked together are named
+    ``dup:<smallest group id>``. ``label_conflicts``: ``"keep"`` leaves conflicting images in
     (their group keeps them in one fold; a warning counts them), ``"exclude"`` drops every image
     of a conflicting pair. The input manifest is not changed.
     """
@@ -158,15 +159,15 @@ def apply_duplicate_groups(manifest: Manifest, report: DuplicateReport, label_co
         raise ValueError("the duplicate report was made for a different manifest")
     table = manifest.table.copy()
     n = len(table)
-    # edges: consecutive rows of one patient, plus every near-duplicate pair
-    patient_codes = pd.factorize(table["patient_id"])[0]
-    order = np.argsort(patient_codes, kind="stable")
-    same = patient_codes[order[1:]] == patient_codes[order[:-1]]
+    # edges: consecutive rows of one group (a group holds whole patients), plus every near-duplicate pair
+    group_codes = pd.factorize(table["group_id"])[0]
+    order = np.argsort(group_codes, kind="stable")
+    same = group_codes[order[1:]] == group_codes[order[:-1]]
     i = np.concatenate([order[:-1][same], report.pairs["i"].to_numpy(dtype=int)])
     j = np.concatenate([order[1:][same], report.pairs["j"].to_numpy(dtype=int)])
     _, component = _components(n, i, j)
-    patients = table.groupby(component)["patient_id"].agg(lambda s: sorted(set(s)))
-    names = {c: ids[0] if len(ids) == 1 else "dup:" + ids[0] for c, ids in patients.items()}
+    groups = table.groupby(component)["group_id"].agg(lambda s: sorted(set(s)))
+    names = {c: ids[0] if len(ids) == 1 else "dup:" + ids[0] for c, ids in groups.items()}
     table["group_id"] = [names[c] for c in component]
     if report.conflicts.empty:
         return Manifest(table, manifest.root, list(manifest.classes))

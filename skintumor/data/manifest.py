@@ -5,7 +5,8 @@ Columns (in this order, then any source-specific extras such as phantom findings
     path        image path relative to ``root`` (absolute paths are refused when written)
     label       class name
     patient_id  patient identifier; images without one get a unique id of their own
-    group_id    patient merged with near-duplicate groups; folds never split a group
+    group_id    the unit folds never split: the patient, or a user's group of whole patients,
+                joined with near-duplicate groups (groups that share a patient are joined)
     mask_path   lesion mask relative to ``root``, or several joined by ``;`` (the mask is their
                 union, e.g. BUSI's ``_mask_1`` files), or empty
 
@@ -18,7 +19,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 CORE_COLUMNS = ("path", "label", "patient_id", "group_id", "mask_path")
@@ -134,6 +138,7 @@ def _normalise(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
             table[col] = ""
         table[col] = table[col].fillna("").astype(str)
     table.loc[table["group_id"] == "", "group_id"] = table["patient_id"]
+    table["group_id"] = _whole_patient_groups(table, what)
     blank = table[(table["path"] == "") | (table["label"] == "") | (table["patient_id"] == "")]
     if len(blank):
         raise DataError(f"{what}: row {blank.index[0] + 2} has an empty path, label or patient_id")
@@ -143,6 +148,31 @@ def _normalise(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
                           for v in table["mask_path"]]
     extras = [c for c in table.columns if c not in CORE_COLUMNS]
     return table[list(CORE_COLUMNS) + extras].reset_index(drop=True)
+
+
+def _whole_patient_groups(table: pd.DataFrame, what: str) -> pd.Series:
+    """``group_id`` with groups that share a patient joined (named by the smallest of their ids).
+
+    Folds keep groups whole; a patient filed under two groups (e.g. one group per lesion) would
+    otherwise put one patient's images on both sides of a split. Warns when it joins anything.
+    """
+    per_patient = table.groupby("patient_id")["group_id"].nunique()
+    straddling = per_patient[per_patient > 1]
+    if straddling.empty:
+        return table["group_id"]
+    group_codes, group_names = pd.factorize(table["group_id"])
+    patient_codes = pd.factorize(table["patient_id"])[0]
+    n = len(group_names) + patient_codes.max() + 1
+    # one node per group and per patient; each row links its group to its patient
+    links = coo_matrix((np.ones(len(table)), (group_codes, len(group_names) + patient_codes)), shape=(n, n))
+    component = connected_components(links, directed=False)[1][group_codes]
+    joined = table["group_id"].groupby(component).transform("min")
+    example = straddling.index[0]
+    groups = sorted(set(table.loc[table["patient_id"] == example, "group_id"]))
+    warnings.warn(f"{what}: {len(straddling)} patient(s) have images in more than one group_id (e.g. {example}: "
+                  f"{', '.join(groups[:3])}); those groups were joined so that no patient straddles a split",
+                  stacklevel=4)
+    return joined
 
 
 def _relative_inside(root: Path, value: str, col: str, what: str) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from skintumor.augment.mixing import mix_batch
+from skintumor.data.manifest import DataError
 from skintumor.evaluate.metrics import stage_metrics, summarise
 from skintumor.models.attention_resnet import AttentionGatedResNet18
 from skintumor.models.decision import balanced_offsets
@@ -309,7 +310,15 @@ def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTu
 
     With EMA (``ema_decay`` set) ``.model`` gets the averaged weights, the ones that were validated.
     """
-    data = torch.load(Path(checkpoint), map_location=map_location, weights_only=True)
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: checkpoint not found")
+    try:
+        data = torch.load(checkpoint, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or one that needs unpickling arbitrary objects
+        raise DataError(f"{checkpoint}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict) or "state_dict" not in data or "classes" not in data.get("hyper_parameters", {}):
+        raise DataError(f"{checkpoint}: not a skintumor checkpoint (no weights, or no hyper-parameters with class names)")
     hp = dict(data["hyper_parameters"])
     hp["net"] = dict(hp["net"]) | {"pretrained": False, "weights_path": None}  # weights come from the file
     module = SkinTumorClassifier(**hp)
