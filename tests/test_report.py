@@ -397,3 +397,22 @@ def test_ensemble_refuses_members_with_other_test_images(tmp_path):
     a, b = sweeps_with_one_other_test_image(tmp_path, fold=0)
     with pytest.raises(DataError, match="fold_0: test images differ"):
         ensemble_sweeps([a, b], tmp_path / "ens")
+
+
+def test_training_time_metrics_agree_with_the_report_when_a_class_is_absent():
+    """metrics_val.json / metrics_test.json (torchmetrics during training) and the report
+    (classification_metrics) must give the same numbers, also for a split that lacks a class."""
+    from skintumor.evaluate.metrics import stage_metrics, summarise
+
+    rng = np.random.default_rng(0)
+    y = rng.choice([0, 1], size=40)  # class 2 is absent
+    logits = rng.normal(size=(40, 3))
+    logits[np.arange(40), y] += 1.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    collection = stage_metrics(3)
+    collection.update(torch.from_numpy(probs).float(), torch.from_numpy(y))
+    online = summarise(collection.compute(), CLASSES)
+    offline = classification_metrics(y, probs, CLASSES)
+    for key in ("bal_acc", "auroc_macro", "sens_macro", f"sens_{CLASSES[0]}", f"auroc_{CLASSES[1]}"):
+        assert online[key] == pytest.approx(offline[key], abs=1e-6), key
+    assert np.isnan(online[f"sens_{CLASSES[2]}"]) and np.isnan(online[f"auroc_{CLASSES[2]}"])

@@ -99,6 +99,18 @@ def test_bad_data_is_one_clear_line(tmp_path):
     assert "a.png: file is empty" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("data.sampler=uniform", "config error: data.sampler must be one of"),
+    ("model.tta=vflip", "config error: model.tta must be one of"),
+    ("+data.options.patient_csv=p.csv", "config error: data source 'folder' has no option patient_csv"),
+])
+def test_a_setting_that_cannot_work_is_one_clear_line(tiny_folder, tmp_path, setting, message):
+    proc = run_train("data=folder", f"data.root={tiny_folder}", "data.image_size=32", "data.n_folds=3", "debug=fdr",
+                     setting, f"hydra.run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_missing_weights_file_is_one_clear_line(tiny_folder, tmp_path):
     proc = run_train("data=folder", f"data.root={tiny_folder}", "data.image_size=32", "data.n_folds=3", "debug=fdr",
                 f"model.net.weights_path={tmp_path / 'resnet18.pth'}", f"hydra.run.dir={tmp_path / 'r'}")

@@ -18,6 +18,7 @@ from skintumor.data.folds import PatientGroupedFolds, Split, assert_disjoint_gro
 from skintumor.data.images import read_greyscale, read_mask
 from skintumor.data.manifest import Manifest, warn_mixed_label_patients
 from skintumor.data.sources import load_source
+from skintumor.errors import ConfigError
 
 SAMPLERS = (None, "balanced")
 Augment = Callable[..., dict]  # albumentations-style: augment(image=uint8 HxW) -> {"image": uint8 HxW}
@@ -121,7 +122,7 @@ class UltrasoundDataModule(L.LightningDataModule):
                  sampler: str | None = None, sampler_seed: int | None = None, inner_fold: int = 0):
         super().__init__()
         if sampler not in SAMPLERS:
-            raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+            raise ConfigError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.sampler, self.sampler_seed = sampler, sampler_seed
         self.source, self.root, self.options = source, root, dict(options or {})
         self.fold, self.n_folds, self.val_fraction, self.seed = fold, n_folds, val_fraction, seed

@@ -24,13 +24,11 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from skintumor.errors import DataError  # noqa: F401 - its historical home; many modules import it from here
+
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 CORE_COLUMNS = ("path", "label", "patient_id", "group_id", "mask_path")
 MASK_SEPARATOR = ";"
-
-
-class DataError(ValueError):
-    """Bad user data. The message names the file and the problem, in one line."""
 
 
 @dataclass

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ import pandas as pd
 from skintumor.data.dicom import DICOM_SUFFIXES, MULTIFRAME_RULES, dicom_header, is_dicom
 from skintumor.data.images import IMAGE_SUFFIXES
 from skintumor.data.manifest import MASK_SEPARATOR, DataError, Manifest, read_user_csv
+from skintumor.errors import ConfigError
 
 BUSI_ROOT = "../shared/data/busi"  # relative to the repo root (the working directory of every entry point)
 
@@ -213,6 +215,7 @@ def busi_manifest(root: str | Path = BUSI_ROOT, classes: list[str] | None = None
 def _phantom(root="outputs/phantom", **options) -> Manifest:
     from skintumor.data.phantom import phantom_manifest  # imported on use: keeps `import sources` light
 
+    _check_options("phantom", phantom_manifest, {"root": root} | options)
     return phantom_manifest(root, **options)
 
 
@@ -229,4 +232,17 @@ def load_source(name: str, **options) -> Manifest:
     """Build the manifest of source ``name`` (see :data:`SOURCES`); options are that source's arguments."""
     if name not in SOURCES:
         raise DataError(f"unknown data source {name!r} (known: {', '.join(sorted(SOURCES))})")
-    return SOURCES[name](**{k: v for k, v in options.items() if v is not None})
+    given = {k: v for k, v in options.items() if v is not None}
+    _check_options(name, SOURCES[name], given)
+    return SOURCES[name](**given)
+
+
+def _check_options(name: str, source: Callable, given: dict) -> None:
+    """A ConfigError naming the unknown ``data.options`` keys, not a TypeError from deep inside."""
+    parameters = inspect.signature(source).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return  # passes them on; the callee checks
+    unknown = sorted(set(given) - set(parameters))
+    if unknown:
+        raise ConfigError(f"data source {name!r} has no option {', '.join(unknown)} "
+                          f"(it takes: {', '.join(parameters)})")

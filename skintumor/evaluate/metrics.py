@@ -37,16 +37,19 @@ def summarise(computed: dict[str, torch.Tensor], class_names: list[str]) -> dict
     stats = computed["stats"].double()  # (C, 5): tp, fp, tn, fn, support
     tp, fp, tn, fn = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
     total = tp + fp + tn + fn
-    sens = tp / (tp + fn).clamp(min=1)
-    spec = tn / (tn + fp).clamp(min=1)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    # a class absent from the split (or the only one) has no sensitivity / specificity / AUROC:
+    # NaN, skipped by the macro means, as in classification_metrics (torchmetrics would give 0)
+    sens = torch.where(tp + fn > 0, tp / (tp + fn).clamp(min=1), nan)
+    spec = torch.where(tn + fp > 0, tn / (tn + fp).clamp(min=1), nan)
     ovr_acc = (tp + tn) / total.clamp(min=1)
-    auroc = computed["auroc"].double()
+    auroc = torch.where((tp + fn > 0) & (tn + fp > 0), computed["auroc"].double(), nan)
     out = {
         "acc": float(tp.sum() / total[0].clamp(min=1)),
-        "bal_acc": float(sens.mean()),
-        "sens_macro": float(sens.mean()),
-        "spec_macro": float(spec.mean()),
-        "auroc_macro": float(auroc.mean()),
+        "bal_acc": float(sens.nanmean()),
+        "sens_macro": float(sens.nanmean()),
+        "spec_macro": float(spec.nanmean()),
+        "auroc_macro": float(auroc.nanmean()),
     }
     for i, name in enumerate(class_names):
         out[f"acc_{name}"] = float(ovr_acc[i])

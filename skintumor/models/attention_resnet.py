@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from skintumor.errors import ConfigError
 from skintumor.models.gates import GridAttentionGate, attention_pool
 
 AGGREGATIONS = ("ft", "deep_sup", "concat")
@@ -50,7 +51,7 @@ class AttentionGatedResNet18(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+            raise ConfigError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         self.num_classes, self.attention, self.aggregation = num_classes, attention, aggregation
         trunk = resnet18(weights=None)
         # 1-channel input: greyscale B-mode

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skintumor.errors import ConfigError
+
 
 class GridAttentionGate(nn.Module):
     """Gate a feature map ``x`` with a coarser gating signal ``g``.
@@ -23,7 +25,7 @@ class GridAttentionGate(nn.Module):
                  normalization: str = "sigmoid"):
         super().__init__()
         if normalization not in ("sigmoid", "softmax"):
-            raise ValueError(f"normalization must be 'sigmoid' or 'softmax', got {normalization!r}")
+            raise ConfigError(f"normalization must be 'sigmoid' or 'softmax', got {normalization!r}")
         inter_channels = inter_channels or max(in_channels // 2, 1)
         self.normalization = normalization
         self.theta = nn.Conv2d(in_channels, inter_channels, kernel_size=1, bias=False)

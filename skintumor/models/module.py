@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from skintumor.augment.mixing import mix_batch
-from skintumor.data.manifest import DataError
+from skintumor.errors import ConfigError, DataError
 from skintumor.evaluate.metrics import stage_metrics, summarise
 from skintumor.models.attention_resnet import AttentionGatedResNet18
 from skintumor.models.decision import balanced_offsets
@@ -67,11 +67,11 @@ class SkinTumorClassifier(L.LightningModule):
                  mixing: dict | None = None):
         super().__init__()
         if decision not in DECISIONS:
-            raise ValueError(f"model.decision must be one of {DECISIONS}, got {decision!r}")
+            raise ConfigError(f"model.decision must be one of {DECISIONS}, got {decision!r}")
         if tta not in TTA:
-            raise ValueError(f"model.tta must be one of {TTA}, got {tta!r}")
+            raise ConfigError(f"model.tta must be one of {TTA}, got {tta!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
+            raise ConfigError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
         loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0,
                     empty_mask="skip") | dict(loss or {})
         if loss["alpha"] == "auto":
@@ -81,7 +81,7 @@ class SkinTumorClassifier(L.LightningModule):
         net = dict(net or {}) | {"num_classes": len(classes)}
         mixing = dict(mixup_alpha=0.0, cutmix_alpha=0.0) | dict(mixing or {})
         if set(mixing) != {"mixup_alpha", "cutmix_alpha"} or min(mixing.values()) < 0:
-            raise ValueError(f"model.mixing takes mixup_alpha and cutmix_alpha (>= 0, 0 = off), got {mixing}")
+            raise ConfigError(f"model.mixing takes mixup_alpha and cutmix_alpha (>= 0, 0 = off), got {mixing}")
         self.save_hyperparameters(dict(classes=list(classes), net=net, loss=loss,
                                        optimizer=dict(name="adam", lr=1e-4, weight_decay=0.0) | dict(optimizer or {}),
                                        scheduler=dict(name="step", step_size=7, gamma=0.1) | dict(scheduler or {}),
@@ -95,15 +95,15 @@ class SkinTumorClassifier(L.LightningModule):
         self.aux_weight = float(loss["aux_weight"])
         self.mask_weight = float(loss["mask_weight"])
         if self.mask_weight < 0:
-            raise ValueError(f"loss.mask_weight must be >= 0, got {self.mask_weight}")
+            raise ConfigError(f"loss.mask_weight must be >= 0, got {self.mask_weight}")
         if self.mask_weight > 0 and not net.get("attention", True):
             # `experiment=recipe model=resnet18` is the gates-off baseline of the same recipe
             warnings.warn("loss.mask_weight is ignored: plain ResNet18 has no gates to point at lesions", stacklevel=2)
             self.mask_weight = 0.0
         if loss["empty_mask"] not in ("skip", "background"):
-            raise ValueError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
+            raise ConfigError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
         if loss["empty_mask"] == "background" and net.get("normalization", "sigmoid") == "softmax":
-            raise ValueError("loss.empty_mask=background needs sigmoid gates (a softmax gate always sums to 1)")
+            raise ConfigError("loss.empty_mask=background needs sigmoid gates (a softmax gate always sums to 1)")
         self.metrics = nn.ModuleDict({f"{s}_metrics": stage_metrics(len(classes)) for s in STAGES})  # "train" would shadow .train()
         self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None  # (rows, probabilities)
         self._test_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -277,7 +277,7 @@ def build_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: 
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
-    raise ValueError(f"unknown optimizer {name!r} (adam, adamw, sgd)")
+    raise ConfigError(f"unknown optimizer {name!r} (adam, adamw, sgd)")
 
 
 def build_scheduler(optimizer, name: str = "step", max_epochs: int = 30, total_steps: int | float = 0,
@@ -302,7 +302,7 @@ def build_scheduler(optimizer, name: str = "step", max_epochs: int = 30, total_s
     if name == "onecycle":
         max_lr = optimizer.param_groups[0]["lr"]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=int(total_steps))
-    raise ValueError(f"unknown scheduler {name!r} (step, cosine, onecycle, none)")
+    raise ConfigError(f"unknown scheduler {name!r} (step, cosine, onecycle, none)")
 
 
 def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTumorClassifier:
