@@ -16,7 +16,6 @@ the test folds choose nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,12 +28,11 @@ from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
 from skintumor.models.decision import balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
 
 
-def same_split(fold_dirs: list[Path]) -> None:
+def same_split(runs: list[FinishedRun]) -> None:
     """Refuse members whose validation or test rows differ in this fold."""
-    splits = [json.loads((d / "split.json").read_text()) for d in fold_dirs]
-    for d, s in zip(fold_dirs[1:], splits[1:]):
-        if s["val"] != splits[0]["val"] or s["test"] != splits[0]["test"]:
-            sys.exit(f"{d}: its validation or test rows differ from {fold_dirs[0]}'s (same data.seed and "
+    for run in runs[1:]:
+        if any(run.rows[part] != runs[0].rows[part] for part in ("val", "test")):
+            sys.exit(f"{run.path}: its validation or test rows differ from {runs[0].path}'s (same data.seed and "
                      "data.inner_fold needed)")
 
 
@@ -50,11 +48,10 @@ def main() -> int:
     test = {n: ([], []) for n in names}  # labels, probabilities with offsets
     classes = None
     for fold_dir in sorted(args.members[0].glob("fold_*")):
-        dirs = [m / fold_dir.name for m in args.members]
-        same_split(dirs)
+        runs = [FinishedRun.open(m / fold_dir.name) for m in args.members]
+        same_split(runs)
         val_p, test_p = [], []  # per member: plain probabilities (offsets zeroed)
-        for d in dirs:
-            run = FinishedRun.open(d)
+        for run in runs:
             model, loaders = run.classifier, {part: run.loader(part) for part in ("val", "test")}
             model.decision_offsets.zero_()  # plain probabilities; offsets are chosen below
             classes = model.hparams.classes

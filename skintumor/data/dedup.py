@@ -27,11 +27,9 @@ import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from skintumor.data.images import read_greyscale
-from skintumor.data.manifest import DataError, Manifest
+from skintumor.data.manifest import DataError, Manifest, linked_rows
 from skintumor.data.scan_area import crop_scan_area
 
 DEFAULT_MAX_DISTANCE = 24
@@ -131,17 +129,10 @@ def find_duplicates(manifest: Manifest, images: Sequence[np.ndarray] | None = No
     pairs = pairs.sort_values(["distance", "i", "j"], kind="stable").reset_index(drop=True)
     labels = manifest.table["label"].to_numpy()
     conflicts = pairs[labels[pairs["i"]] != labels[pairs["j"]]].reset_index(drop=True)
-    _, component = _components(len(manifest), pairs["i"], pairs["j"])
+    component = linked_rows(len(manifest), i=pairs["i"], j=pairs["j"])
     members = pd.Series(range(len(manifest))).groupby(component).apply(list)
     groups = sorted((g for g in members if len(g) > 1), key=lambda g: (-len(g), g[0]))
     return DuplicateReport(pairs, groups, conflicts, int(max_distance), hashes)
-
-
-def _components(n: int, i, j) -> tuple[int, np.ndarray]:
-    """Connected components of an undirected graph on n nodes with edges (i, j): (count, label per node)."""
-    i, j = np.asarray(i, dtype=int), np.asarray(j, dtype=int)
-    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
-    return connected_components(graph, directed=False)
 
 
 def apply_duplicate_groups(manifest: Manifest, report: DuplicateReport, label_conflicts: str = "keep") -> Manifest:
@@ -159,13 +150,8 @@ def apply_duplicate_groups(manifest: Manifest, report: DuplicateReport, label_co
         raise ValueError("the duplicate report was made for a different manifest")
     table = manifest.table.copy()
     n = len(table)
-    # edges: consecutive rows of one group (a group holds whole patients), plus every near-duplicate pair
-    group_codes = pd.factorize(table["group_id"])[0]
-    order = np.argsort(group_codes, kind="stable")
-    same = group_codes[order[1:]] == group_codes[order[:-1]]
-    i = np.concatenate([order[:-1][same], report.pairs["i"].to_numpy(dtype=int)])
-    j = np.concatenate([order[1:][same], report.pairs["j"].to_numpy(dtype=int)])
-    _, component = _components(n, i, j)
+    # rows of one group (a group holds whole patients) and every near-duplicate pair are linked
+    component = linked_rows(n, keys=(table["group_id"],), i=report.pairs["i"], j=report.pairs["j"])
     groups = table.groupby(component)["group_id"].agg(lambda s: sorted(set(s)))
     names = {c: ids[0] if len(ids) == 1 else "dup:" + ids[0] for c, ids in groups.items()}
     table["group_id"] = [names[c] for c in component]

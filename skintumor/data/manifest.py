@@ -18,6 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -148,6 +149,21 @@ def _normalise(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
     return table[list(CORE_COLUMNS) + extras].reset_index(drop=True)
 
 
+def linked_rows(n: int, keys: Sequence[Sequence] = (), i: Sequence[int] = (), j: Sequence[int] = ()) -> np.ndarray:
+    """Component label per row (n,): rows that share a value of any of ``keys`` (columns of n
+    values), or are a pair (``i[k]``, ``j[k]``), end up in one component, transitively."""
+    rows_i, rows_j = [np.asarray(i, dtype=int)], [np.asarray(j, dtype=int)]
+    for key in keys:  # consecutive rows of one value link them all
+        codes = pd.factorize(pd.Series(key))[0]
+        order = np.argsort(codes, kind="stable")
+        same = codes[order[1:]] == codes[order[:-1]]
+        rows_i.append(order[:-1][same])
+        rows_j.append(order[1:][same])
+    a, b = np.concatenate(rows_i), np.concatenate(rows_j)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
 def _whole_patient_groups(table: pd.DataFrame, what: str) -> pd.Series:
     """``group_id`` with groups that share a patient joined (named by the smallest of their ids).
 
@@ -158,12 +174,7 @@ def _whole_patient_groups(table: pd.DataFrame, what: str) -> pd.Series:
     straddling = per_patient[per_patient > 1]
     if straddling.empty:
         return table["group_id"]
-    group_codes, group_names = pd.factorize(table["group_id"])
-    patient_codes = pd.factorize(table["patient_id"])[0]
-    n = len(group_names) + patient_codes.max() + 1
-    # one node per group and per patient; each row links its group to its patient
-    links = coo_matrix((np.ones(len(table)), (group_codes, len(group_names) + patient_codes)), shape=(n, n))
-    component = connected_components(links, directed=False)[1][group_codes]
+    component = linked_rows(len(table), keys=(table["patient_id"], table["group_id"]))
     joined = table["group_id"].groupby(component).transform("min")
     example = straddling.index[0]
     groups = sorted(set(table.loc[table["patient_id"] == example, "group_id"]))
