@@ -45,7 +45,7 @@ def main() -> int:
     names = [m.name for m in args.members] + ["ensemble: mean of the members' shifted probabilities (what "
                                               "`report --ensemble` averages)", "ensemble: offsets chosen on the mean"]
     val = {n: [] for n in names}
-    test = {n: ([], []) for n in names}  # labels, probabilities with offsets
+    test = {n: ([], [], []) for n in names}  # labels, probabilities with offsets, scores before them
     classes = None
     for fold_dir in sorted(args.members[0].glob("fold_*")):
         runs = [FinishedRun.open(m / fold_dir.name) for m in args.members]
@@ -58,21 +58,24 @@ def main() -> int:
             yv, pv = model.predict_loader(loaders["val"])
             yt, pt = model.predict_loader(loaders["test"])
             val_p.append(pv), test_p.append(pt)
-        # per name, (validation probabilities with cross-fitted offsets, test probabilities with offsets)
-        scored = [(cross_fitted(yv, pv), shift_probabilities(pt, balanced_offsets(yv, pv))) for pv, pt in zip(val_p, test_p)]
-        scored.append((np.mean([v for v, _ in scored], axis=0), np.mean([t for _, t in scored], axis=0)))
+        # per name: validation probabilities with cross-fitted offsets, test probabilities with offsets,
+        # and the scores AUROC ranks (the same before any offsets)
+        scored = [(cross_fitted(yv, pv), shift_probabilities(pt, balanced_offsets(yv, pv)), pv, pt)
+                  for pv, pt in zip(val_p, test_p)]
         mean_v, mean_t = np.mean(val_p, axis=0), np.mean(test_p, axis=0)
-        scored.append((cross_fitted(yv, mean_v), shift_probabilities(mean_t, balanced_offsets(yv, mean_v))))
-        for n, (pv, pt) in zip(names, scored):
-            m = classification_metrics(yv, pv, classes)
+        scored.append((np.mean([s[0] for s in scored], axis=0), np.mean([s[1] for s in scored], axis=0), mean_v, mean_t))
+        scored.append((cross_fitted(yv, mean_v), shift_probabilities(mean_t, balanced_offsets(yv, mean_v)), mean_v, mean_t))
+        for n, (pv, pt, sv, st) in zip(names, scored):
+            m = classification_metrics(yv, pv, classes, scores=sv)
             val[n].append((m["auroc_macro"] + m["bal_acc"]) / 2)
-            test[n][0].append(yt), test[n][1].append(pt)
+            test[n][0].append(yt), test[n][1].append(pt), test[n][2].append(st)
         print(f"{fold_dir.name}: " + ", ".join(f"{v[-1]:.3f}" for v in val.values()), file=sys.stderr)
     print("| model | val score (cross-fitted offsets, mean over folds) | pooled test AUROC | pooled test bal. acc | "
           + " | ".join(f"{c} sens." for c in classes) + " |")
     print("|---|---|---|---|" + "---|" * len(classes))
     for n in names:
-        m = classification_metrics(np.concatenate(test[n][0]), np.concatenate(test[n][1]), classes)
+        y, p, scores = (np.concatenate(part) for part in test[n])
+        m = classification_metrics(y, p, classes, scores=scores)
         sens = " | ".join(f"{m[f'sens_{c}']:.3f}" for c in classes)
         print(f"| {n} | {np.mean(val[n]):.3f} | {m['auroc_macro']:.3f} | {m['bal_acc']:.3f} | {sens} |")
     return 0

@@ -149,7 +149,8 @@ def pooled(sweep_dir: Path) -> dict:
     except DataError:
         return {}
     table = sweep.pooled()
-    m = classification_metrics(table["y"], table[[f"p_{c}" for c in sweep.classes]].to_numpy(), sweep.classes)
+    m = classification_metrics(table["y"], table[[f"p_{c}" for c in sweep.classes]].to_numpy(), sweep.classes,
+                               scores=table[[f"score_{c}" for c in sweep.classes]].to_numpy())
     return m | {"folds": len(sweep.folds), "complete": not sweep.missing}
 
 

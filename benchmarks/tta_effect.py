@@ -27,7 +27,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path)
     args = parser.parse_args()
-    results = {tta: {"val": [], "test_y": [], "test_p": []} for tta in (None, "hflip")}
+    results = {tta: {"val": [], "test_y": [], "test_p": [], "test_s": []} for tta in (None, "hflip")}
     classes = None
     for fold_dir in sorted(args.sweep.glob("fold_*")):
         run = FinishedRun.open(fold_dir)
@@ -35,17 +35,20 @@ def main() -> int:
         classes = model.hparams.classes
         for tta in results:
             model.hparams.tta = tta
-            y, p = model.predict_loader(loaders["val"])
-            m = classification_metrics(y, p, classes)
+            # AUROC ranks the probabilities before any class offsets, as the report does
+            (y, p), (_, s) = (model.predict_loader(loaders["val"], decide=d) for d in (True, False))
+            m = classification_metrics(y, p, classes, scores=s)
             results[tta]["val"].append((m["auroc_macro"] + m["bal_acc"]) / 2)
-            y, p = model.predict_loader(loaders["test"])
+            (y, p), (_, s) = (model.predict_loader(loaders["test"], decide=d) for d in (True, False))
             results[tta]["test_y"].append(y)
             results[tta]["test_p"].append(p)
+            results[tta]["test_s"].append(s)
         print(f"{fold_dir.name} done", file=sys.stderr)
     print("| test-time flip | val score (mean over folds) | pooled test AUROC | pooled test bal. acc |")
     print("|---|---|---|---|")
     for tta, r in results.items():
-        m = classification_metrics(np.concatenate(r["test_y"]), np.concatenate(r["test_p"]), classes)
+        m = classification_metrics(np.concatenate(r["test_y"]), np.concatenate(r["test_p"]), classes,
+                                   scores=np.concatenate(r["test_s"]))
         print(f"| {tta or 'none'} | {np.mean(r['val']):.3f} | {m['auroc_macro']:.3f} | {m['bal_acc']:.3f} |")
     return 0
 

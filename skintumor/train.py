@@ -80,9 +80,11 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("test", True):
         # the test fold is read once, by the checkpoint the validation split chose
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        rows, probs = model.test_predictions
+        rows, probs, scores = model.test_predictions
         if trainer.is_global_zero:
-            write_predictions(datamodule.manifest, rows, probs, out / "predictions_test.csv")
+            shifted = bool(model.decision_offsets.any())  # else the scores are the probabilities
+            write_predictions(datamodule.manifest, rows, probs, out / "predictions_test.csv",
+                              scores=scores if shifted else None)
             metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
             metrics["checkpoint"] = os.path.relpath(best, out) if best else "final weights (no checkpoint)"
             (out / "metrics_test.json").write_text(json.dumps(metrics, indent=2))

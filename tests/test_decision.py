@@ -8,6 +8,7 @@ import torch
 
 from conftest import CLASSES, train_tiny
 from skintumor.evaluate.finished_run import FinishedRun
+from skintumor.evaluate.metrics import classification_metrics
 from skintumor.models.decision import balanced_accuracy, balanced_offsets, cross_fitted, shift_probabilities
 from skintumor.models.module import SkinTumorClassifier, load_classifier
 
@@ -90,6 +91,17 @@ def test_training_chooses_offsets_on_validation_and_keeps_them(tiny_folder, tmp_
     assert model.choose_decision_offsets(run.loader("val", batch_size=8)).tolist() == pytest.approx(stored)
     preds = pd.read_csv(run_dir / "predictions_test.csv")
     assert preds[[f"p_{c}" for c in CLASSES]].sum(axis=1).round(4).eq(1).all()
+    # the file keeps the network's probabilities as score_; the offsets turn them into p_ (the decision)
+    assert any(stored), "this tiny run is expected to move the decision"
+    p, scores = (preds[[f"{kind}_{c}" for c in CLASSES]].to_numpy() for kind in ("p", "score"))
+    np.testing.assert_allclose(shift_probabilities(scores, np.array(stored)), p, atol=1e-4)
+    assert (preds["pred"] == np.asarray(CLASSES)[p.argmax(1)]).all()
+    # metrics_test.json: decisions from p_, AUROC from score_ (as the report computes them)
+    y = preds["label"].map(CLASSES.index).to_numpy()
+    tested = json.loads((run_dir / "metrics_test.json").read_text())
+    offline = classification_metrics(y, p, list(CLASSES), scores=scores)
+    for key in ("auroc_macro", "bal_acc", f"auroc_{CLASSES[1]}"):
+        assert tested[f"test/{key}"] == pytest.approx(offline[key], abs=1e-4), key
 
 
 def test_many_classes_use_coordinate_ascent_and_still_undo_a_lean():

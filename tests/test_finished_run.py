@@ -31,6 +31,10 @@ def test_reopened_run_reproduces_its_test_predictions(tiny_run):
     assert y.tolist() == [CLASSES.index(c) for c in saved["label"]]
     # same decoding, normalisation, flip and decision offsets as the test pass of training
     np.testing.assert_allclose(p, saved[[f"p_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
+    # and the scores AUROC ranks: the same pass before the class offsets
+    assert run.classifier.decision_offsets.any()
+    _, scores = run.classifier.predict_loader(run.loader("test", batch_size=5), decide=False)
+    np.testing.assert_allclose(scores, saved[[f"score_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
 
 
 def test_a_run_with_a_missing_or_broken_file_names_it(tiny_run, tmp_path):

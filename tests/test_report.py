@@ -124,6 +124,13 @@ def test_weighted_metrics_equal_sklearn_point_estimates():
     weighted = weighted_metrics(y, probs, np.ones((1, len(y))), CLASSES)
     for name, value in point.items():
         assert weighted[name][0] == pytest.approx(value, abs=1e-12), name
+    scores = np.random.default_rng(4).dirichlet(np.ones(3), len(y))  # AUROC ranks these when given
+    point, weighted = (classification_metrics(y, probs, CLASSES, scores=scores),
+                       weighted_metrics(y, probs, np.ones((1, len(y))), CLASSES, scores=scores))
+    for name, value in point.items():
+        assert weighted[name][0] == pytest.approx(value, abs=1e-12), name
+    assert point["auroc_cyst"] == pytest.approx(roc_auc_score(y == 0, scores[:, 0]))
+    assert point["bal_acc"] == classification_metrics(y, probs, CLASSES)["bal_acc"]
     w = np.random.default_rng(3).integers(0, 4, len(y)).astype(float)
     assert weighted_auroc(y == 1, probs[:, 1], w[None])[0] == pytest.approx(
         roc_auc_score(y == 1, probs[:, 1], sample_weight=w))
@@ -416,3 +423,107 @@ def test_training_time_metrics_agree_with_the_report_when_a_class_is_absent():
     for key in ("bal_acc", "auroc_macro", "sens_macro", f"sens_{CLASSES[0]}", f"auroc_{CLASSES[1]}"):
         assert online[key] == pytest.approx(offline[key], abs=1e-6), key
     assert np.isnan(online[f"sens_{CLASSES[2]}"]) and np.isnan(online[f"auroc_{CLASSES[2]}"])
+
+
+# --- scores before class offsets (model.decision=balanced) ------------------------------------
+
+def offset_sweep(root: Path, offsets: dict[int, np.ndarray], scores: bool = True) -> Path:
+    """make_sweep, then every fold's p_ shifted by that fold's class offsets (as a run with
+    model.decision=balanced writes them) and the unshifted probabilities kept as score_ columns."""
+    from skintumor.models.decision import shift_probabilities
+
+    make_sweep(root, strength=1.0)
+    cols = [f"p_{c}" for c in CLASSES]
+    for k, off in offsets.items():
+        csv = root / f"fold_{k}" / "predictions_test.csv"
+        table = pd.read_csv(csv)
+        raw = table[cols].to_numpy(float)
+        table[cols] = shift_probabilities(raw, off)
+        table["pred"] = np.asarray(CLASSES)[table[cols].to_numpy().argmax(1)]
+        if scores:
+            table[[f"score_{c}" for c in CLASSES]] = raw
+        table.to_csv(csv, index=False)
+    return root
+
+
+def test_auroc_ranks_the_scores_before_the_offsets_and_decisions_use_the_offsets(tmp_path):
+    offsets = {k: np.array([0.0, 1.2 * (k % 2) - 0.6, 0.9 - 0.4 * k]) for k in range(5)}
+    plain_dir, shifted_dir = make_sweep(tmp_path / "plain", strength=1.0), offset_sweep(tmp_path / "s", offsets)
+    plain, shifted = load_sweep(plain_dir), load_sweep(shifted_dir)
+    with_scores = build_report(shifted_dir, n_boot=50, console=quiet_console())
+    pooled = with_scores["image"]["pooled"]
+    table, table_plain = shifted.pooled(), plain.pooled()
+    y, raw = table["y"].to_numpy(), table_plain[[f"p_{c}" for c in CLASSES]].to_numpy()
+    # the ranking is the unshifted model's, pooled over folds ...
+    expected = np.mean([roc_auc_score(y == c, raw[:, c]) for c in range(3)])
+    assert pooled["auroc_macro"]["value"] == pytest.approx(expected, abs=1e-5)
+    p = table[[f"p_{c}" for c in CLASSES]].to_numpy()
+    shifted_auroc = np.mean([roc_auc_score(y == c, p[:, c]) for c in range(3)])
+    assert abs(shifted_auroc - expected) > 1e-3  # (the planted offsets do change the ranking)
+    # ... while the decision is the shifted one
+    assert pooled["bal_acc"]["value"] == pytest.approx(classification_metrics(y, p, CLASSES)["bal_acc"])
+    assert pooled["bal_acc"]["value"] != pytest.approx(classification_metrics(y, raw, CLASSES)["bal_acc"])
+    # without score_ columns, AUROC ranks p_ as before
+    old = build_report(offset_sweep(tmp_path / "o", offsets, scores=False), n_boot=50, console=quiet_console())
+    assert old["image"]["pooled"]["auroc_macro"]["value"] == pytest.approx(shifted_auroc, abs=1e-5)
+    # the paired comparison ranks the scores too: the same model with and without offsets has equal AUROC
+    comparison = build_comparison(shifted_dir, plain_dir, tmp_path / "cmp", n_boot=50, console=quiet_console())
+    assert comparison["image"]["metrics"]["auroc_macro"]["diff"] == pytest.approx(0, abs=1e-5)
+    assert comparison["patient"]["metrics"]["auroc_macro"]["diff"] == pytest.approx(0, abs=1e-5)
+
+
+def test_bad_score_columns_name_the_file(tmp_path):
+    sweep_dir = offset_sweep(tmp_path / "s", {0: np.array([0.0, 0.5, -0.5])})
+    csv = sweep_dir / "fold_0" / "predictions_test.csv"
+    table = pd.read_csv(csv)
+    table["score_cyst"] = table["score_cyst"] * 3
+    table.to_csv(csv, index=False)
+    sweep = load_sweep(sweep_dir)
+    assert 0 not in sweep.folds and "score_ columns must sum to 1" in sweep.missing[0]
+    table.rename(columns={"score_cyst": "score_other"}).to_csv(csv, index=False)
+    assert "must name the p_ classes" in load_sweep(sweep_dir).missing[0]
+
+
+def test_ensemble_averages_scores_and_decisions_separately(tmp_path):
+    offsets = {k: np.array([0.0, 0.8, -0.8]) for k in range(5)}
+    a = offset_sweep(tmp_path / "a", offsets)
+    b = make_sweep(tmp_path / "b", strength=1.0, model_seed=1)  # argmax member: no score_ columns
+    from skintumor.evaluate.ensemble import ensemble_sweeps
+
+    out = ensemble_sweeps([a, b], tmp_path / "ens")
+    written = pd.read_csv(out / "fold_1" / "predictions_test.csv").set_index("path")
+    ta, tb = (load_sweep(d).folds[1].set_index("path").loc[written.index] for d in (a, b))
+    for kind in ("p", "score"):
+        cols = [f"{kind}_{c}" for c in CLASSES]
+        np.testing.assert_allclose(written[cols].to_numpy(), (ta[cols].to_numpy() + tb[cols].to_numpy()) / 2, atol=1e-5)
+    assert (written["pred"] == np.asarray(CLASSES)[written[[f"p_{c}" for c in CLASSES]].to_numpy().argmax(1)]).all()
+    # two argmax members: nothing to keep apart, no score_ columns
+    c = make_sweep(tmp_path / "c", strength=1.0, model_seed=2)
+    plain = pd.read_csv(ensemble_sweeps([b, c], tmp_path / "ens2") / "fold_1" / "predictions_test.csv")
+    assert not [col for col in plain.columns if col.startswith("score_")]
+
+
+def test_rescore_recovers_the_scores_of_a_sweep_written_without_them(tmp_path):
+    """benchmarks/rescore_sweep.py: old runs kept only the shifted p_ and their offsets (metrics_val.json)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("rescore_sweep", REPO / "benchmarks" / "rescore_sweep.py")
+    rescore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rescore)
+    offsets = {k: np.array([0.0, 0.7, -0.4 * k]) for k in range(5)}  # fold 0: lipoma only; all folds move
+    reference = offset_sweep(tmp_path / "ref", offsets)
+    old = offset_sweep(tmp_path / "old", offsets, scores=False)
+    for k, off in offsets.items():
+        (old / f"fold_{k}" / "metrics_val.json").write_text(json.dumps(
+            {f"decision_offset_{c}": float(o) for c, o in zip(CLASSES, off)}))
+    before = {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}
+    assert rescore.main([str(old), str(tmp_path / "new")]) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}  # the original is untouched
+    new, ref = load_sweep(tmp_path / "new"), load_sweep(reference)
+    for kind in ("p", "score"):
+        cols = [f"{kind}_{c}" for c in CLASSES]
+        np.testing.assert_allclose(new.pooled()[cols].to_numpy(), ref.pooled()[cols].to_numpy(), atol=2e-5)
+    with pytest.raises(SystemExit, match="already exists"):
+        rescore.main([str(old), str(tmp_path / "new")])

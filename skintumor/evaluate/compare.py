@@ -112,10 +112,10 @@ def compare_level(ta: pd.DataFrame, tb: pd.DataFrame, classes: list[str], level:
     assert (arr_a["y"] == arr_b["y"]).all() and (arr_a["cluster"] == arr_b["cluster"]).all()
     y, cluster = arr_a["y"], arr_a["cluster"]
     weights = bootstrap_weights(cluster, n_boot, seed)  # one resample, both models
-    boot_a = weighted_metrics(y, arr_a["probs"], weights, classes, n_bins)
-    boot_b = weighted_metrics(y, arr_b["probs"], weights, classes, n_bins)
-    point_a = classification_metrics(y, arr_a["probs"], classes, n_bins)
-    point_b = classification_metrics(y, arr_b["probs"], classes, n_bins)
+    boot_a = weighted_metrics(y, arr_a["probs"], weights, classes, n_bins, arr_a["scores"])
+    boot_b = weighted_metrics(y, arr_b["probs"], weights, classes, n_bins, arr_b["scores"])
+    point_a = classification_metrics(y, arr_a["probs"], classes, n_bins, arr_a["scores"])
+    point_b = classification_metrics(y, arr_b["probs"], classes, n_bins, arr_b["scores"])
     rows = {}
     for name in metric_names(classes):
         diff = boot_a[name] - boot_b[name]
@@ -146,17 +146,16 @@ def compare_sweeps(a: Sweep, b: Sweep, n_boot: int = 2000, seed: int = 0, level_
     for level in LEVELS:
         entry = compare_level(ta, tb, a.classes, level, n_boot, seed, level_ci, n_bins)
         for tag, table in (("a", ta), ("b", tb)):
-            per_fold = {k: classification_metrics(*_fold_arrays(table[table["fold"] == k], a.classes, level),
-                                                  a.classes, n_bins) for k in shared}
+            per_fold = {k: _fold_metrics(table[table["fold"] == k], a.classes, level, n_bins) for k in shared}
             entry[f"per_fold_{tag}"] = {str(k): v for k, v in per_fold.items()}
             entry[f"mean_sd_{tag}"] = mean_sd(per_fold, names)
         result[level] = entry
     return result
 
 
-def _fold_arrays(table: pd.DataFrame, classes: list[str], level: str):
+def _fold_metrics(table: pd.DataFrame, classes: list[str], level: str, n_bins: int) -> dict[str, float]:
     arrays = level_arrays(table, classes, level)
-    return arrays["y"], arrays["probs"]
+    return classification_metrics(arrays["y"], arrays["probs"], classes, n_bins, arrays["scores"])
 
 
 def _diff_text(row: dict) -> str:

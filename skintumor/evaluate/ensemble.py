@@ -24,6 +24,10 @@ CARRIED = ("split.json", "manifest.csv", ".hydra")  # from the first member: fol
 def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
     """Write ``out_dir/fold_<k>/predictions_test.csv``: the members' mean probabilities per test image.
 
+    ``p_`` (the decision) is the mean of the members' ``p_``, so each member decides with its own
+    class offsets; ``score_`` (the ranking) the mean of their ``score_`` (``p_`` for a member
+    without offsets), written when it differs from ``p_``.
+
     Only folds present in every member are written. Raises :class:`DataError` if the members'
     classes or test images differ, or ``out_dir`` already exists (nothing is overwritten).
     """
@@ -41,6 +45,7 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
     if not folds:
         raise DataError("the members share no fold with predictions")
     columns = [f"p_{c}" for c in classes]
+    score_columns = [f"score_{c}" for c in classes]
     for k in folds:
         tables = [_by_path(m, k) for m in members]
         for m, table in zip(members[1:], tables[1:]):
@@ -48,12 +53,15 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
                 raise DataError(f"{m.directory}/fold_{k}: test images differ from {members[0].directory}/fold_{k}; "
                                 "ensemble members must share the outer folds (same data.seed and n_folds)")
         base = tables[0].copy()
-        base[columns] = np.mean([t.loc[base.index, columns].to_numpy(float) for t in tables], axis=0)
+        for cols in (columns, score_columns):
+            base[cols] = np.mean([t.loc[base.index, cols].to_numpy(float) for t in tables], axis=0)
         base["pred"] = np.asarray(classes)[base[columns].to_numpy().argmax(1)]
+        scored = not np.allclose(base[columns].to_numpy(float), base[score_columns].to_numpy(float), atol=1e-6)
         fold_dir = out_dir / f"fold_{k}"
         fold_dir.mkdir(parents=True)
-        base.reset_index()[["path", "patient_id", "group_id", "label", *columns, "pred"]].to_csv(
-            fold_dir / PREDICTIONS, index=False, float_format="%.6f")
+        base.reset_index()[["path", "patient_id", "group_id", "label", *columns, "pred",
+                            *(score_columns if scored else [])]].to_csv(fold_dir / PREDICTIONS, index=False,
+                                                                        float_format="%.6f")
         source = members[0].directory / f"fold_{k}"
         for name in CARRIED:
             if (source / name).is_dir():
@@ -61,11 +69,13 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
             elif (source / name).is_file():
                 shutil.copy2(source / name, fold_dir / name)
     (out_dir / "ensemble.json").write_text(json.dumps(
-        {"members": [str(Path(d).resolve()) for d in sweep_dirs], "folds": folds, "combine": "mean probability"},
+        {"members": [str(Path(d).resolve()) for d in sweep_dirs], "folds": folds,
+         "combine": "mean probability (p_: each member's decision probabilities; score_: before offsets)"},
         indent=2))
     return out_dir
 
 
 def _by_path(sweep: Sweep, fold: int):
     table = sweep.folds[fold]
-    return table.set_index("path")[["patient_id", "group_id", "label", *[f"p_{c}" for c in sweep.classes]]]
+    columns = [f"{kind}_{c}" for kind in ("p", "score") for c in sweep.classes]
+    return table.set_index("path")[["patient_id", "group_id", "label", *columns]]

@@ -9,7 +9,11 @@ averages; balanced accuracy (= macro sensitivity); top-label expected calibratio
   :func:`bootstrap_metrics` for patient-level (group) bootstrap confidence intervals.
 
 Shapes: ``y`` is (N,) class indices, ``probs`` is (N, C) probabilities, rows summing to 1.
-The predicted class is always ``argmax(probs)``.
+The predicted class is always ``argmax(probs)``. ``scores`` (N, C), optional: what AUROC ranks
+when it is not ``probs``: the network's probabilities before the class offsets of
+``model.decision=balanced`` moved the decision (:mod:`skintumor.models.decision`). The offsets
+are a threshold, chosen per fold; ranking the shifted probabilities would mix thresholds into a
+threshold-free measure (and pooling folds would mix different shifts).
 """
 from __future__ import annotations
 
@@ -167,26 +171,39 @@ def expected_calibration_error(y, probs, n_bins: int = ECE_BINS) -> float:
     return float(np.sum(share * gap))
 
 
-def classification_metrics(y, probs, class_names: list[str], n_bins: int = ECE_BINS) -> dict[str, float]:
+def ranking_scores(probs: np.ndarray, scores=None) -> np.ndarray:
+    """What AUROC ranks: ``scores`` (N, C) when given, else ``probs``."""
+    if scores is None:
+        return probs
+    scores = np.asarray(scores, dtype=float)
+    if scores.shape != probs.shape:
+        raise ValueError(f"scores {scores.shape} and probs {probs.shape} differ in shape")
+    return scores
+
+
+def classification_metrics(y, probs, class_names: list[str], n_bins: int = ECE_BINS,
+                           scores=None) -> dict[str, float]:
     """Point estimates of every metric in :func:`metric_names` (sklearn confusion matrix and AUROC).
 
-    AUROC is one-vs-rest (``roc_auc_score(y == c, probs[:, c])``); a class with no positives or
-    no negatives has undefined (NaN) sensitivity / AUROC, and macro means skip undefined classes.
+    AUROC is one-vs-rest (``roc_auc_score(y == c, scores[:, c])``, scores defaulting to probs); a
+    class with no positives or no negatives has undefined (NaN) sensitivity / AUROC, and macro
+    means skip undefined classes.
     """
     y, probs = check_predictions(y, probs)
+    scores = ranking_scores(probs, scores)
     n_classes = probs.shape[1]
     conf = confusion_matrix(y, probs.argmax(1), labels=list(range(n_classes)))
     auroc = np.full(n_classes, np.nan)
     for c in range(n_classes):
         positive = y == c
         if 0 < positive.sum() < len(y):
-            auroc[c] = roc_auc_score(positive, probs[:, c])
+            auroc[c] = roc_auc_score(positive, scores[:, c])
     ece = expected_calibration_error(y, probs, n_bins)
     named = _assemble(_rates(conf), auroc, np.float64(ece), class_names)
     return {k: float(v) for k, v in named.items()}
 
 
-def patient_level(y, probs, patient_ids, cluster_ids=None) -> dict[str, np.ndarray]:
+def patient_level(y, probs, patient_ids, cluster_ids=None, scores=None) -> dict[str, np.ndarray]:
     """Average each patient's image probabilities; one row per (patient, label).
 
     A patient whose images carry different labels (e.g. two different tumours) gives one row per
@@ -194,21 +211,28 @@ def patient_level(y, probs, patient_ids, cluster_ids=None) -> dict[str, np.ndarr
 
     Args:
         y: (N,) class index per image; probs: (N, C); patient_ids: (N,) patient per image;
-        cluster_ids: (N,) bootstrap cluster per image (e.g. ``group_id``); default the patient.
+        cluster_ids: (N,) bootstrap cluster per image (e.g. ``group_id``); default the patient;
+        scores: (N, C) ranking scores, averaged the same way (default: probs).
 
-    Returns dict with ``y`` (P,), ``probs`` (P, C), ``patient_id`` (P,), ``cluster`` (P,),
-    ``n_images`` (P,) and ``mixed`` (sorted patient ids with more than one label).
+    Returns dict with ``y`` (P,), ``probs`` (P, C), ``scores`` (P, C), ``patient_id`` (P,),
+    ``cluster`` (P,), ``n_images`` (P,) and ``mixed`` (sorted patient ids with more than one label).
     """
     y, probs = check_predictions(y, probs)
+    scores = ranking_scores(probs, scores)
     patients = np.asarray(patient_ids).astype(str)
     clusters = patients if cluster_ids is None else np.asarray(cluster_ids).astype(str)
     keys = np.char.add(np.char.add(patients, "\x1f"), y.astype(str))
     unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     counts = np.bincount(inverse, minlength=len(unique)).astype(float)
-    summed = np.zeros((len(unique), probs.shape[1]))
-    np.add.at(summed, inverse, probs)
+
+    def mean_per_patient(values: np.ndarray) -> np.ndarray:
+        summed = np.zeros((len(unique), values.shape[1]))
+        np.add.at(summed, inverse, values)
+        return summed / counts[:, None]
+
     mixed = sorted({p for p, n in zip(*np.unique(patients[first], return_counts=True)) if n > 1})
-    return {"y": y[first], "probs": summed / counts[:, None], "patient_id": patients[first],
+    return {"y": y[first], "probs": mean_per_patient(probs), "scores": mean_per_patient(scores),
+            "patient_id": patients[first],
             "cluster": clusters[first], "n_images": counts.astype(int), "mixed": mixed}
 
 
@@ -253,19 +277,21 @@ def weighted_auroc(positive, scores, weights) -> np.ndarray:
         return np.where(denom > 0, wins / denom, np.nan)
 
 
-def weighted_metrics(y, probs, weights, class_names: list[str], n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+def weighted_metrics(y, probs, weights, class_names: list[str], n_bins: int = ECE_BINS,
+                     scores=None) -> dict[str, np.ndarray]:
     """Every metric of :func:`classification_metrics` under row weights (B, N); returns (B,) arrays.
 
     With ``weights = np.ones((1, N))`` it equals :func:`classification_metrics` (tested).
     """
     y, probs = check_predictions(y, probs)
+    scores = ranking_scores(probs, scores)
     weights = np.atleast_2d(np.asarray(weights, dtype=float))
     n_classes = probs.shape[1]
     pred = probs.argmax(1)
     cell = np.zeros((len(y), n_classes * n_classes))
     cell[np.arange(len(y)), y * n_classes + pred] = 1.0
     conf = (weights @ cell).reshape(-1, n_classes, n_classes)
-    auroc = np.stack([weighted_auroc(y == c, probs[:, c], weights) for c in range(n_classes)], axis=-1)
+    auroc = np.stack([weighted_auroc(y == c, scores[:, c], weights) for c in range(n_classes)], axis=-1)
     top, correct, index = _top_label(y, probs, n_bins)
     in_bin = np.zeros((len(y), n_bins))
     in_bin[np.arange(len(y)), index] = 1.0
@@ -277,10 +303,10 @@ def weighted_metrics(y, probs, weights, class_names: list[str], n_bins: int = EC
 
 
 def bootstrap_metrics(y, probs, cluster_ids, class_names: list[str], n_boot: int = 2000, seed: int = 0,
-                      n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+                      n_bins: int = ECE_BINS, scores=None) -> dict[str, np.ndarray]:
     """Metric distributions (n_boot,) under a cluster (patient / group) bootstrap; see :func:`bootstrap_weights`."""
     weights = bootstrap_weights(cluster_ids, n_boot, seed)
-    return weighted_metrics(y, probs, weights, class_names, n_bins)
+    return weighted_metrics(y, probs, weights, class_names, n_bins, scores)
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -295,14 +321,14 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
 
 
 def confidence_intervals(y, probs, cluster_ids, class_names: list[str], n_boot: int = 2000, seed: int = 0,
-                         level: float = 0.95, n_bins: int = ECE_BINS) -> dict[str, dict[str, float]]:
+                         level: float = 0.95, n_bins: int = ECE_BINS, scores=None) -> dict[str, dict[str, float]]:
     """Point estimate and cluster-bootstrap percentile interval for every metric.
 
     Returns ``{metric: {"value", "ci_low", "ci_high", "undefined"}}``; ``undefined`` counts
     replicates where the metric could not be computed (e.g. a class absent from the resample).
     """
-    point = classification_metrics(y, probs, class_names, n_bins)
-    samples = bootstrap_metrics(y, probs, cluster_ids, class_names, n_boot, seed, n_bins)
+    point = classification_metrics(y, probs, class_names, n_bins, scores)
+    samples = bootstrap_metrics(y, probs, cluster_ids, class_names, n_boot, seed, n_bins, scores)
     out = {}
     for name, value in point.items():
         low, high = percentile_interval(samples[name], level)
@@ -313,7 +339,7 @@ def confidence_intervals(y, probs, cluster_ids, class_names: list[str], n_boot: 
 
 __all__ = [
     "stage_metrics", "summarise", "ECE_BINS", "HEADLINE", "PER_CLASS", "metric_names",
-    "check_predictions", "calibration_bins", "expected_calibration_error", "classification_metrics",
+    "check_predictions", "ranking_scores", "calibration_bins", "expected_calibration_error", "classification_metrics",
     "patient_level", "bootstrap_weights", "weighted_auroc", "weighted_metrics", "bootstrap_metrics",
     "percentile_interval", "confidence_intervals",
 ]

@@ -2,7 +2,8 @@
 
 A sweep directory holds one run directory per outer fold, ``fold_0 ... fold_{k-1}``, each with
 ``predictions_test.csv`` (columns ``path, patient_id, group_id, label, p_<class>..., pred``; the
-class order is the order of the ``p_`` columns) and, when written by Hydra, ``.hydra/config.yaml``
+class order is the order of the ``p_`` columns; optional ``score_<class>...``, the probabilities
+before class offsets, are what AUROC ranks) and, when written by Hydra, ``.hydra/config.yaml``
 (``data.n_folds`` says how many folds there should be).
 
 Numbers reported, at image level and at patient level (a patient's images averaged, see
@@ -152,14 +153,14 @@ def read_predictions(csv_path: Path) -> tuple[pd.DataFrame, list[str], list[str]
         table.loc[no_patient, "patient_id"] = "img:" + table.loc[no_patient, "path"]
     table["group_id"] = table["group_id"].where(table["group_id"] != "", table["patient_id"])
     table["y"] = _label_index(table["label"], classes, csv_path)
-    probs = table[[f"p_{c}" for c in classes]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    if not np.isfinite(probs).all() or (probs < 0).any():
-        raise DataError(f"{csv_path}: p_ columns must be finite probabilities >= 0")
-    sums = probs.sum(1)
-    if np.abs(sums - 1).max() > 0.01:
-        raise DataError(f"{csv_path}: p_ columns must sum to 1 per row (row {int(np.abs(sums - 1).argmax()) + 2} "
-                        f"sums to {sums[np.abs(sums - 1).argmax()]:.3f}); logits instead of probabilities?")
-    table[[f"p_{c}" for c in classes]] = probs / sums[:, None]  # undo CSV rounding
+    probs = _probabilities(table, "p_", classes, csv_path)
+    table[[f"p_{c}" for c in classes]] = probs
+    scores = [c[6:] for c in table.columns if c.startswith("score_")]
+    if scores and scores != classes:
+        raise DataError(f"{csv_path}: score_ columns ({', '.join(scores)}) must name the p_ classes "
+                        f"({', '.join(classes)}) in the same order")
+    # score_: the probabilities before class offsets, which AUROC ranks; without them, p_
+    table[[f"score_{c}" for c in classes]] = _probabilities(table, "score_", classes, csv_path) if scores else probs
     if "pred" in table.columns:
         argmax = np.asarray(classes)[probs.argmax(1)]
         given = [classes[int(v)] if v.isdigit() and int(v) < len(classes) else v for v in table["pred"].astype(str)]
@@ -168,6 +169,19 @@ def read_predictions(csv_path: Path) -> tuple[pd.DataFrame, list[str], list[str]
             notes.append(f"{csv_path}: the pred column disagrees with argmax(p_) in {disagree} row(s); "
                          "the report uses argmax(p_)")
     return table, classes, notes
+
+
+def _probabilities(table: pd.DataFrame, prefix: str, classes: list[str], csv_path: Path) -> np.ndarray:
+    """The ``<prefix><class>`` columns as (N, C) probabilities, checked, rows rescaled to sum to 1
+    (undoing CSV rounding); DataError naming the file otherwise."""
+    probs = table[[f"{prefix}{c}" for c in classes]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise DataError(f"{csv_path}: {prefix} columns must be finite probabilities >= 0")
+    sums = probs.sum(1)
+    if np.abs(sums - 1).max() > 0.01:
+        raise DataError(f"{csv_path}: {prefix} columns must sum to 1 per row (row {int(np.abs(sums - 1).argmax()) + 2} "
+                        f"sums to {sums[np.abs(sums - 1).argmax()]:.3f}); logits instead of probabilities?")
+    return probs / sums[:, None]
 
 
 def _label_index(labels: pd.Series, classes: list[str], csv_path: Path) -> np.ndarray:
@@ -274,14 +288,16 @@ def _overlap_warnings(sweep: Sweep) -> list[str]:
 # --- numbers ---------------------------------------------------------------------------------
 
 def level_arrays(table: pd.DataFrame, classes: list[str], level: str) -> dict[str, np.ndarray]:
-    """``y`` (N,), ``probs`` (N, C), ``cluster`` (N,) (bootstrap unit = group_id) for one level."""
+    """``y`` (N,), ``probs`` (N, C) (decision), ``scores`` (N, C) (ranking), ``cluster`` (N,)
+    (bootstrap unit = group_id) for one level."""
     y = table["y"].to_numpy(int)
     probs = table[[f"p_{c}" for c in classes]].to_numpy(float)
+    scores = table[[f"score_{c}" for c in classes]].to_numpy(float)
     if level == "image":
-        return {"y": y, "probs": probs, "cluster": table["group_id"].to_numpy(str),
+        return {"y": y, "probs": probs, "scores": scores, "cluster": table["group_id"].to_numpy(str),
                 "patient_id": table["patient_id"].to_numpy(str), "mixed": []}
     if level == "patient":
-        return patient_level(y, probs, table["patient_id"].to_numpy(str), table["group_id"].to_numpy(str))
+        return patient_level(y, probs, table["patient_id"].to_numpy(str), table["group_id"].to_numpy(str), scores)
     raise ValueError(f"level must be one of {LEVELS}")
 
 
@@ -316,7 +332,7 @@ def evaluate_sweep(sweep: Sweep, n_boot: int = 2000, seed: int = 0, level_ci: fl
         per_fold, sizes = {}, {}
         for k, table in sorted(sweep.folds.items()):
             arrays = level_arrays(table, sweep.classes, level)
-            per_fold[k] = classification_metrics(arrays["y"], arrays["probs"], sweep.classes, n_bins)
+            per_fold[k] = classification_metrics(arrays["y"], arrays["probs"], sweep.classes, n_bins, arrays["scores"])
             sizes[k] = {"n": int(len(arrays["y"])), "per_class": np.bincount(arrays["y"], minlength=len(sweep.classes)).tolist()}
         arrays = level_arrays(pooled, sweep.classes, level)
         y, probs = arrays["y"], arrays["probs"]
@@ -326,7 +342,8 @@ def evaluate_sweep(sweep: Sweep, n_boot: int = 2000, seed: int = 0, level_ci: fl
             "per_fold": {str(k): v for k, v in per_fold.items()},
             "fold_sizes": {str(k): v for k, v in sizes.items()},
             "mean_sd": mean_sd(per_fold, names),
-            "pooled": confidence_intervals(y, probs, arrays["cluster"], sweep.classes, n_boot, seed, level_ci, n_bins),
+            "pooled": confidence_intervals(y, probs, arrays["cluster"], sweep.classes, n_boot, seed, level_ci, n_bins,
+                                           arrays["scores"]),
             "confusion": conf.tolist(),
             "calibration": {k: v.tolist() for k, v in calibration_bins(y, probs, n_bins).items()},
             "n": int(len(y)),
@@ -378,7 +395,7 @@ def write_figures(sweep: Sweep, result: dict, out_dir: Path) -> dict[str, str]:
     per_fold = {}
     for k, table in sweep.folds.items():
         arrays = level_arrays(table, sweep.classes, "image")
-        per_fold[k] = (arrays["y"], arrays["probs"])
+        per_fold[k] = (arrays["y"], arrays["scores"])
     made["roc"] = figures.save(figures.roc_figure(per_fold, sweep.classes), fig_dir / "roc_curves.png")
     bins = {k: np.array(v, dtype=float) for k, v in result["image"]["calibration"].items()}
     made["reliability"] = figures.save(figures.reliability_figure(
@@ -438,8 +455,10 @@ def report_document(sweep: Sweep, result: dict, figure_paths: dict[str, str]) ->
     doc.heading("How the numbers are computed")
     mixed = result["patient"]["mixed_label_patients"]
     doc.bullets([
-        "Predicted class = argmax of the probabilities. Per-class metrics are one-vs-rest; macro = unweighted "
-        "mean over classes; balanced accuracy = macro sensitivity. AUROC from sklearn `roc_auc_score`.",
+        "Predicted class = argmax of the probabilities (`p_` columns). Per-class metrics are one-vs-rest; macro = "
+        "unweighted mean over classes; balanced accuracy = macro sensitivity. AUROC (sklearn `roc_auc_score`) "
+        "and the ROC curves rank the `score_` columns where a run wrote them: the probabilities before the class "
+        "offsets chosen on validation (`model.decision=balanced`), which move the decision, not the ranking.",
         f"ECE: top-label, {result['ece_bins']} equal-width confidence bins on [0, 1], weighted by bin size.",
         "Patient level: a patient's image probabilities are averaged and scored against the patient's label. "
         "A patient with images of different classes counts once per class (each averaging only that class's "

@@ -54,6 +54,9 @@ class SkinTumorClassifier(L.LightningModule):
             (:meth:`choose_decision_offsets`, :mod:`skintumor.models.decision`). They live in the
             ``decision_offsets`` buffer (zeros = plain argmax), so the checkpoint carries them and
             every later prediction (test, :meth:`predict_proba`, ``skintumor.explain``) uses them.
+            They move the decision, not the ranking: test AUROC is computed on the probabilities
+            before the offsets (:meth:`score_proba`), which the test-prediction file keeps as
+            ``score_<class>`` columns beside the decided ``p_<class>``.
         mixing: ``mixup_alpha``, ``cutmix_alpha`` (0 = off): training batches are mixed
             (:func:`~skintumor.augment.mixing.mix_batch`, lesion masks mixed alike) and the loss is
             the mix of the two labels' losses. Validation and test see plain images.
@@ -105,8 +108,9 @@ class SkinTumorClassifier(L.LightningModule):
         if loss["empty_mask"] == "background" and net.get("normalization", "sigmoid") == "softmax":
             raise ConfigError("loss.empty_mask=background needs sigmoid gates (a softmax gate always sums to 1)")
         self.metrics = nn.ModuleDict({f"{s}_metrics": stage_metrics(len(classes)) for s in STAGES})  # "train" would shadow .train()
-        self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None  # (rows, probabilities)
-        self._test_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # (rows, probabilities with offsets, probabilities before them)
+        self.test_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._test_buffer: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema: AveragedModel | None = None
@@ -124,8 +128,8 @@ class SkinTumorClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def predict_proba(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1, H, W) -> probabilities (B, C) as validation and test compute them (EMA, TTA).
+    def score_proba(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, H, W) -> the network's probabilities (B, C) (EMA, TTA), before any class offsets.
 
         ``logits``: the evaluated network's logits of ``x`` when already computed.
         """
@@ -136,14 +140,23 @@ class SkinTumorClassifier(L.LightningModule):
         if self.hparams.tta == "hflip":
             mirrored = net(torch.flip(x, dims=[-1]))  # width axis
             probs = (probs + torch.softmax(mirrored.float(), dim=1)) / 2
-        if self.decision_offsets.any():
-            probs = torch.softmax(probs.clamp(min=1e-12).log() + self.decision_offsets, dim=1)
         return probs
 
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, C) probabilities -> (B, C) with the class offsets added to their logarithms (argmax = decision)."""
+        if not self.decision_offsets.any():
+            return probs
+        return torch.softmax(probs.clamp(min=1e-12).log() + self.decision_offsets, dim=1)
+
+    def predict_proba(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, H, W) -> probabilities (B, C) as validation and test decide with them (EMA, TTA, offsets)."""
+        return self.decide(self.score_proba(x, logits))
+
     @torch.no_grad()
-    def predict_loader(self, loader) -> tuple[np.ndarray, np.ndarray]:
+    def predict_loader(self, loader, decide: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Labels (N,) and :meth:`predict_proba` probabilities (N, C) of a loader of ``(x, y, ...)``
-        items, in eval mode (the module's mode is restored afterwards)."""
+        items, in eval mode (the module's mode is restored afterwards); ``decide=False``: the
+        :meth:`score_proba` probabilities, before the class offsets."""
         was_training, device = self.training, self.decision_offsets.device
         self.eval()
         ys, ps = [], []
@@ -151,7 +164,7 @@ class SkinTumorClassifier(L.LightningModule):
             x = x.to(device)
             if self.hparams.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            ps.append(self.predict_proba(x).cpu().numpy())
+            ps.append((self.predict_proba(x) if decide else self.score_proba(x)).cpu().numpy())
             ys.append(y.numpy())
         self.train(was_training)
         return np.concatenate(ys), np.concatenate(ps)
@@ -197,7 +210,8 @@ class SkinTumorClassifier(L.LightningModule):
                                      for a in out.attention.values()]).mean()
             self.log("train/mask_loss", mask_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.mask_weight * mask_loss
-        probs = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.predict_proba(x, out.logits)
+        scores = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.score_proba(x, out.logits)
+        probs = scores if stage == "train" else self.decide(scores)
         if stage == "val":
             for name, alpha in out.attention.items():  # does the gate vary within an image?
                 values = alpha.float().flatten(1)
@@ -210,10 +224,12 @@ class SkinTumorClassifier(L.LightningModule):
                          sync_dist=True)
         if mix is not None and mix.lam < 0.5:  # training metrics count the larger part's label
             y = mix.y_b
-        self.metrics[f"{stage}_metrics"].update(probs, y)
+        metrics = self.metrics[f"{stage}_metrics"]
+        metrics["stats"].update(probs, y)    # the decision
+        metrics["auroc"].update(scores, y)   # the ranking: offsets are a threshold, not a score
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,
                  batch_size=len(y), sync_dist=True)
-        return loss, probs
+        return loss, probs, scores
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")[0]
@@ -226,8 +242,8 @@ class SkinTumorClassifier(L.LightningModule):
         self._step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        _, probs = self._step(batch, "test")
-        self._test_buffer.append((batch[2].detach(), probs.detach()))
+        _, probs, scores = self._step(batch, "test")
+        self._test_buffer.append((batch[2].detach(), probs.detach(), scores.detach()))
 
     def _log_epoch(self, stage: str) -> None:
         collection = self.metrics[f"{stage}_metrics"]
@@ -251,12 +267,11 @@ class SkinTumorClassifier(L.LightningModule):
 
     def on_test_epoch_end(self):
         self._log_epoch("test")
-        rows = torch.cat([r for r, _ in self._test_buffer])
-        probs = torch.cat([p for _, p in self._test_buffer])
-        rows, probs = self.all_gather(rows), self.all_gather(probs)  # DDP: every rank's share
-        rows, probs = rows.reshape(-1).cpu().numpy(), probs.reshape(-1, len(self.classes)).float().cpu().numpy()
+        rows, probs, scores = (self.all_gather(torch.cat(part)) for part in zip(*self._test_buffer))  # DDP: every rank's share
+        rows = rows.reshape(-1).cpu().numpy()
+        probs, scores = (t.reshape(-1, len(self.classes)).float().cpu().numpy() for t in (probs, scores))
         rows, first = np.unique(rows, return_index=True)  # DistributedSampler pads with repeats
-        self.test_predictions = (rows, probs[first])
+        self.test_predictions = (rows, probs[first], scores[first])
 
     def configure_optimizers(self):
         opt_cfg, sch_cfg = dict(self.hparams.optimizer), dict(self.hparams.scheduler)

@@ -1,0 +1,78 @@
+"""Add the ``score_`` columns to a sweep trained before they existed, written to a new directory.
+
+    python benchmarks/rescore_sweep.py outputs/cv/<sweep> outputs/rescored/<sweep>
+
+Runs trained with ``model.decision=balanced`` before the prediction file kept the probabilities
+before the class offsets wrote only the shifted ``p_``, so their reports ranked shifted, per-fold
+different probabilities for AUROC. The offsets are in each fold's ``metrics_val.json``
+(``decision_offset_<class>``) and the shift is invertible: ``score = softmax(log p - offsets)``
+(:func:`~skintumor.models.decision.shift_probabilities` with the negated offsets), exact up to the
+file's 6 decimals, and bf16 runs keep their own numbers (re-running the checkpoint in fp32 would
+not). ``p_`` and ``pred`` are kept as saved. Each fold goes to ``OUT/fold_<k>`` with its
+``.hydra``, ``split.json``, ``manifest.csv`` and metrics files, so ``python -m skintumor.report OUT``
+reads it like the original. Nothing is written into the original sweep; ``OUT`` must not exist.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from skintumor.evaluate.report import PREDICTIONS, read_predictions  # noqa: E402
+from skintumor.models.decision import shift_probabilities  # noqa: E402
+
+CARRIED = (".hydra", "split.json", "manifest.csv", "metrics_val.json", "metrics_test.json")
+
+
+def rescore_fold(fold_dir: Path, out_dir: Path) -> list[float]:
+    """Write ``out_dir/predictions_test.csv`` with ``score_`` columns (none when the fold chose
+    no offsets); returns the fold's offsets."""
+    table = pd.read_csv(fold_dir / PREDICTIONS, dtype={"path": str, "patient_id": str, "group_id": str, "label": str})
+    _, classes, _ = read_predictions(fold_dir / PREDICTIONS)  # the same checks as the report's
+    if any(c.startswith("score_") for c in table.columns):
+        raise SystemExit(f"{fold_dir / PREDICTIONS}: already has score_ columns")
+    chosen = json.loads((fold_dir / "metrics_val.json").read_text()) if (fold_dir / "metrics_val.json").is_file() else {}
+    offsets = np.array([chosen.get(f"decision_offset_{c}", 0.0) for c in classes], dtype=float)
+    out_dir.mkdir(parents=True)
+    for name in CARRIED:
+        source = fold_dir / name
+        if source.is_dir():
+            shutil.copytree(source, out_dir / name)
+        elif source.is_file():
+            shutil.copy2(source, out_dir / name)
+    if offsets.any():
+        probs = table[[f"p_{c}" for c in classes]].to_numpy(float)
+        scores = shift_probabilities(probs / probs.sum(1, keepdims=True), -offsets)
+        for i, c in enumerate(classes):
+            table[f"score_{c}"] = scores[:, i]
+    table.to_csv(out_dir / PREDICTIONS, index=False, float_format="%.6f")
+    return offsets.tolist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        sys.exit(f"{args.out}: already exists; nothing is written over")
+    folds = sorted(d for d in args.sweep.glob("fold_*") if (d / PREDICTIONS).is_file())
+    if not folds:
+        sys.exit(f"{args.sweep}: no fold_<k>/{PREDICTIONS}")
+    for fold_dir in folds:
+        offsets = rescore_fold(fold_dir, args.out / fold_dir.name)
+        print(f"{fold_dir.name}: offsets {np.round(offsets, 2).tolist()}", file=sys.stderr)
+    if (args.sweep / "multirun.yaml").is_file():
+        shutil.copy2(args.sweep / "multirun.yaml", args.out / "multirun.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
