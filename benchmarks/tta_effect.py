@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from skintumor.evaluate.finished_run import FinishedRun  # noqa: E402
 from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
+from skintumor.models.decision import shift_probabilities  # noqa: E402
 
 
 def main() -> int:
@@ -32,14 +33,15 @@ def main() -> int:
     for fold_dir in sorted(args.sweep.glob("fold_*")):
         run = FinishedRun.open(fold_dir)
         model, loaders = run.classifier, {part: run.loader(part) for part in ("val", "test")}
-        classes = model.hparams.classes
+        classes, offsets = model.hparams.classes, model.decision_offsets.numpy()
         for tta in results:
             model.hparams.tta = tta
             # AUROC ranks the probabilities before any class offsets, as the report does
-            (y, p), (_, s) = (model.predict_loader(loaders["val"], decide=d) for d in (True, False))
-            m = classification_metrics(y, p, classes, scores=s)
+            y, s = model.predict_loader(loaders["val"], decide=False)
+            m = classification_metrics(y, shift_probabilities(s, offsets), classes, scores=s)
             results[tta]["val"].append((m["auroc_macro"] + m["bal_acc"]) / 2)
-            (y, p), (_, s) = (model.predict_loader(loaders["test"], decide=d) for d in (True, False))
+            y, s = model.predict_loader(loaders["test"], decide=False)
+            p = shift_probabilities(s, offsets)
             results[tta]["test_y"].append(y)
             results[tta]["test_p"].append(p)
             results[tta]["test_s"].append(s)

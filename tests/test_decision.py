@@ -68,6 +68,28 @@ def test_module_applies_its_offsets_and_rejects_unknown_decisions():
         SkinTumorClassifier(list(CLASSES), net=NET, class_counts=[1, 1, 1], image_size=32, decision="threshold")
 
 
+def test_evaluation_metrics_rank_the_scores_and_decide_with_the_offsets():
+    """During validation and test, torchmetrics' AUROC ranks the probabilities before the offsets."""
+    from skintumor.evaluate.metrics import summarise
+
+    torch.manual_seed(0)
+    module = SkinTumorClassifier(list(CLASSES), net=NET, class_counts=[1, 1, 1], image_size=32).eval()
+    module.log = lambda *a, **k: None  # no trainer here
+    x, y = torch.randn(24, 1, 32, 32) * 3, torch.arange(24) % 3
+    offsets = np.array([0.0, 2.0, -2.0])
+    module.decision_offsets.copy_(torch.as_tensor(offsets))
+    with torch.no_grad():
+        _, probs, scores = module._step((x, y, torch.arange(24)), "test")
+        online = summarise(module.metrics["test_metrics"].compute(), list(CLASSES))
+    probs, scores = probs.numpy(), scores.numpy()
+    np.testing.assert_allclose(shift_probabilities(scores, offsets), probs, atol=1e-5)
+    offline = classification_metrics(y.numpy(), probs, list(CLASSES), scores=scores)
+    for key in ("auroc_macro", "bal_acc", f"auroc_{CLASSES[2]}"):
+        assert online[key] == pytest.approx(offline[key], abs=1e-6), key
+    assert classification_metrics(y.numpy(), probs, list(CLASSES))["auroc_macro"] != pytest.approx(
+        online["auroc_macro"], abs=1e-4)  # the offsets here do reorder images
+
+
 def test_checkpoints_without_offsets_still_load(tmp_path):
     """Checkpoints written before `decision` existed: plain argmax (zero offsets)."""
     module = SkinTumorClassifier(list(CLASSES), net=NET, class_counts=[1, 1, 1], image_size=32)

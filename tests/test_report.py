@@ -518,6 +518,7 @@ def test_rescore_recovers_the_scores_of_a_sweep_written_without_them(tmp_path):
     for k, off in offsets.items():
         (old / f"fold_{k}" / "metrics_val.json").write_text(json.dumps(
             {f"decision_offset_{c}": float(o) for c, o in zip(CLASSES, off)}))
+        (old / f"fold_{k}" / "metrics_test.json").write_text(json.dumps({"test/auroc_macro": 0.0, "test/bal_acc": 0.5}))
     before = {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}
     assert rescore.main([str(old), str(tmp_path / "new")]) == 0
     assert before == {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}  # the original is untouched
@@ -525,5 +526,18 @@ def test_rescore_recovers_the_scores_of_a_sweep_written_without_them(tmp_path):
     for kind in ("p", "score"):
         cols = [f"{kind}_{c}" for c in CLASSES]
         np.testing.assert_allclose(new.pooled()[cols].to_numpy(), ref.pooled()[cols].to_numpy(), atol=2e-5)
+    tested = json.loads((tmp_path / "new" / "fold_3" / "metrics_test.json").read_text())
+    fold = ref.folds[3]
+    expected = classification_metrics(fold["y"], fold[[f"p_{c}" for c in CLASSES]].to_numpy(), CLASSES,
+                                      scores=fold[[f"score_{c}" for c in CLASSES]].to_numpy())
+    assert tested == {"test/auroc_macro": pytest.approx(expected["auroc_macro"], abs=1e-4), "test/bal_acc": 0.5}
     with pytest.raises(SystemExit, match="already exists"):
         rescore.main([str(old), str(tmp_path / "new")])
+    # refused: offsets that cannot be found for a balanced run, and an ensemble (a mean cannot be undone)
+    (old / "fold_1" / "metrics_val.json").unlink()
+    (old / "fold_1" / ".hydra" / "config.yaml").write_text("data:\n  n_folds: 5\nmodel:\n  decision: balanced\n")
+    with pytest.raises(SystemExit, match="no decision_offset"):
+        rescore.main([str(old), str(tmp_path / "new2")])
+    (old / "ensemble.json").write_text("{}")
+    with pytest.raises(SystemExit, match="an ensemble"):
+        rescore.main([str(old), str(tmp_path / "new3")])

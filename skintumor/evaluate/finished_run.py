@@ -1,7 +1,8 @@
 """A finished training run read back from its directory: the chosen checkpoint, the split, the images.
 
     run = FinishedRun.open("outputs/cv/recipe/fold_0")
-    y, p = run.classifier.predict_loader(run.loader("val"))   # as validation scored them
+    y, p = run.classifier.predict_loader(run.loader("test"))  # the p_ of predictions_test.csv
+    y, s = run.classifier.predict_loader(run.loader("val"), decide=False)  # before class offsets
 
 ``split.json`` says which manifest rows were train / val / test, ``manifest.csv`` where they are,
 and ``.hydra/config.yaml`` whether training cropped them to the scan area; nothing is re-split or

@@ -181,7 +181,8 @@ class SkinTumorClassifier(L.LightningModule):
         # checkpoints written before `decision` existed have no offsets: plain argmax
         checkpoint["state_dict"].setdefault("decision_offsets", torch.zeros(len(self.classes)))
 
-    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> loss, probabilities (with the class offsets outside training) and scores (without)."""
         x, y, rows = batch[:3]
         masks = batch[3] if len(batch) > 3 else None
         mix = None
