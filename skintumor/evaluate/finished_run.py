@@ -42,8 +42,8 @@ class FinishedRun:
     def open(cls, run_dir: str | Path) -> FinishedRun:
         """Read ``run_dir``; DataError naming the file when one is missing or unreadable."""
         run_dir = Path(run_dir)
-        # metrics_val.json is written last, after the decision offsets go into best.ckpt: without
-        # it the run is still training (best.ckpt may yet change) or was cut short
+        # training writes metrics_val.json once best.ckpt is final (decision offsets included):
+        # without it the run is still training (best.ckpt may yet change) or was cut short
         for name in (CHECKPOINT, "manifest.csv", "split.json", "metrics_val.json"):
             if not (run_dir / name).is_file():
                 raise DataError(f"{run_dir / name}: not found (is {run_dir} a finished training run?)")
