@@ -5,13 +5,7 @@
 #   bash benchmarks/gpu_session.sh          # results under $OUT
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    > "$OUT/pip.log" 2>&1 || echo "pip install failed (see pip.log)"
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"; nproc
+source benchmarks/device_env.sh "$OUT"
 PHANTOM="data=csv data.options.manifest=.phantom_carry/manifest.csv data.dedup=false"
 BUSI="data=csv data.options.manifest=.busi_carry/manifest.csv data.dedup=false"
 timeout "${SMOKE_S:-100}" python3 benchmarks/gpu_smoke.py --out "$OUT" --repeats 2 --steps 30 \

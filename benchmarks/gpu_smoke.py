@@ -55,6 +55,11 @@ def steps_per_second(size: int, batch: int, steps: int, bf16: bool, channels_las
     return steps / (time.perf_counter() - start)
 
 
+def save(out: Path, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_smoke.json").write_text(json.dumps(result, indent=2))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -80,6 +85,7 @@ def main() -> int:
                  for (bf16, cl), v in samples.items()}
         result["throughput_img_per_s"][f"{size}px"] = table
         print(size, table, flush=True)
+        save(args.out, result)  # a run cut short by its time limit keeps what it measured
 
     run_dir = args.out / "smoke_run"
     command = [sys.executable, "-m", "skintumor.train", "trainer=gpu", "logger=csv", "callbacks.progress_bar=null",
@@ -93,8 +99,7 @@ def main() -> int:
                        "metrics": json.loads(metrics.read_text()) if metrics.is_file() else None,
                        "precision": "bf16-mixed (trainer=gpu)", "tail": proc.stderr[-1500:] if proc.returncode else ""}
     print(json.dumps(result["smoke"], indent=1)[:1500], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_smoke.json").write_text(json.dumps(result, indent=2))
+    save(args.out, result)
     return 0 if proc.returncode == 0 and result["smoke"]["checkpoint"] else 1
 
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -315,3 +318,16 @@ def test_search_config_composes_with_the_training_groups():
             assert settings.trials == 100 and settings.ops == DEFAULT_OPS  # the study's protocol by default
         paper = compose(config_name="search", overrides=["experiment=paper"])
     assert (paper.search.n_inner, paper.search.top_n, paper.search.ops_per_subpolicy) == (4, 5, 2)
+
+
+def test_importing_the_augmentations_makes_no_network_call():
+    from conftest import REPO
+    code = ("import urllib.request as u\n"
+            "calls = []\n"
+            "u.OpenerDirector.open = lambda self, *a, **k: calls.append(a) or (_ for _ in ()).throw(OSError('offline'))\n"
+            "import skintumor.augment.ops\n"
+            "print(len(calls))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "0"
