@@ -322,3 +322,5 @@ def test_ensemble_members_share_folds_but_not_batches():
         members = [compose("train", overrides=["experiment=recipe_ensemble", f"seed={s}"]) for s in (1, 2)]
     assert [m.data.seed for m in members] == [42, 42]
     assert [m.data.sampler_seed for m in members] == [1, 2]
+    # the members train longer than the single model (chosen on validation, RESULTS stages 9-10)
+    assert [m.trainer.max_epochs for m in members] == [75, 75]
