@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--stop", type=float, default=float("inf"), help="seconds; runs still going are killed")
     args = parser.parse_args()
     out = args.out.resolve()
+    folds = [int(f) for f in args.folds.split(",")]
     if any((out / name).exists() for name, _ in args.sweep):
         sys.exit(f"{out}: a sweep directory named by --sweep exists; choose another --out (nothing is overwritten)")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -45,7 +46,7 @@ def main() -> int:
     start = time.time()
     sched = Scheduler(out, args.jobs, start + args.stop, env)
     for name, overrides in args.sweep:
-        for k in (int(f) for f in args.folds.split(",")):
+        for k in folds:
             run = f"{name}/fold_{k}"
             command = [sys.executable, "-m", "skintumor.train", "logger=csv", "callbacks.progress_bar=null",
                        *args.common, *overrides.split(), f"data.fold={k}", f"hydra.run.dir={out / run}"]
@@ -64,7 +65,7 @@ def main() -> int:
         time.sleep(1.0)
     command = "python benchmarks/parallel_sweeps.py " + shlex.join(sys.argv[1:])
     (out / "times.json").write_text(json.dumps({"command": command, "runs": times}, indent=2))
-    return 0 if all(t["ok"] for t in times.values()) and len(times) == len(args.sweep) * len(args.folds.split(",")) else 1
+    return 0 if all(t["ok"] for t in times.values()) and len(times) == len(args.sweep) * len(folds) else 1
 
 
 if __name__ == "__main__":
