@@ -227,3 +227,15 @@ def test_explain_command_writes_overlays_and_statistics(masked_run, capsys):
     assert explain_main([str(masked_run / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "already holds explanations" in err and "best.ckpt: not found" in err and "Traceback" not in err
+
+
+def test_explain_with_chosen_methods_still_has_its_random_baseline(masked_run, tmp_path):
+    """--methods without `random` used to crash after all the work: the baseline is always made."""
+    out = tmp_path / "chosen"
+    assert explain_main([str(masked_run), "--methods", "gradcam,gate3", "--road-images", "2",
+                         "--road-percentiles", "50", "--target-layer", "layer3", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "agreement.csv")
+    assert set(table["method"]) == {"gradcam", "gate3", "random", "centre"}
+    rows = pd.DataFrame(json.loads((out / "agreement.json").read_text())["agreement"])
+    assert set(rows["method"]) == {"gradcam", "gate3"} and set(rows["baseline"]) == {"random", "centre"}
+    assert "| gradcam |" in (out / "agreement.md").read_text()

@@ -298,6 +298,7 @@ def test_recipe_experiment_composes_and_model_override_wins(model, attention):
     assert cfg.model.net.attention is attention
     assert cfg.data.image_size == 128 and cfg.data.sampler == "balanced" and cfg.model.loss.alpha is None
     assert cfg.model.loss.mask_weight == 1.0 and cfg.model.optimizer.name == "adamw"
+    assert cfg.model.net.lesion_decoder is True and cfg.model.loss.lesion_weight == 1.0  # gates off keep it too
     assert cfg.model.scheduler.name == "cosine" and cfg.trainer.max_epochs == 60 and cfg.augment.name == "default"
     assert cfg.model.decision == "balanced"
 
@@ -322,5 +323,104 @@ def test_ensemble_members_share_folds_but_not_batches():
         members = [compose("train", overrides=["experiment=recipe_ensemble", f"seed={s}"]) for s in (1, 2)]
     assert [m.data.seed for m in members] == [42, 42]
     assert [m.data.sampler_seed for m in members] == [1, 2]
-    # the members train longer than the single model (chosen on validation, RESULTS stages 9-10)
-    assert [m.trainer.max_epochs for m in members] == [75, 75]
+    # the members train as long as the single model (chosen on validation, RESULTS stage 11)
+    assert [m.trainer.max_epochs for m in members] == [60, 60]
+    assert [m.model.net.lesion_decoder for m in members] == [True, True]
+
+
+# --- the lesion decoder (model.net.lesion_decoder, model.loss.lesion_weight) ------------------------
+
+def test_lesion_mask_loss_rewards_outlining_the_lesion_and_counts_empty_masks():
+    from skintumor.models.losses import lesion_mask_loss
+
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[0, :, 8:16, 8:16] = 1  # image 0 a lesion, image 1 empty (normal), image 2 unknown
+    mask[2] = -1
+    target = torch.nn.functional.adaptive_avg_pool2d(mask.clamp(min=0), (8, 8))
+    good, bad = 8 * (target - 0.5), 8 * (0.5 - target)  # logits
+    assert lesion_mask_loss(good, mask) < lesion_mask_loss(bad, mask)
+    off, on = good.clone(), good.clone()
+    on[1] = 4.0  # the decoder sees a lesion in the normal scan
+    assert lesion_mask_loss(off, mask) < lesion_mask_loss(on, mask)
+    other = good.clone()
+    other[2] = torch.randn(1, 8, 8)  # unknown masks count for nothing
+    assert float(lesion_mask_loss(other, mask)) == pytest.approx(float(lesion_mask_loss(good, mask)))
+    nothing = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    loss = lesion_mask_loss(nothing, -torch.ones(2, 1, 32, 32))
+    loss.backward()
+    assert float(loss) == 0.0 and nothing.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training must not trip over it
+        assert torch.isfinite(lesion_mask_loss(good.bfloat16(), mask))
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_lesion_decoder_outlines_the_lesion_and_leaves_the_decision_alone(attention):
+    """Shapes, the decision path skips the decoder, and the trunk + decoder learn to find a lesion."""
+    from skintumor.models.attention_resnet import AttentionGatedResNet18
+    from skintumor.models.losses import lesion_mask_loss
+
+    torch.manual_seed(0)
+    net = AttentionGatedResNet18(3, attention=attention, lesion_decoder=True)
+    plain = AttentionGatedResNet18(3, attention=attention)
+    x = torch.randn(8, 1, 64, 64) * 0.3
+    mask = torch.zeros(8, 1, 64, 64)
+    for i in range(8):  # a bright square at a different place in each image
+        r, c = 8 * (i % 4) + 4, 8 * (i // 4) + 16
+        x[i, :, r:r + 16, c:c + 16] += 2.0
+        mask[i, :, r:r + 16, c:c + 16] = 1
+    net.eval(), plain.eval()
+    assert net.forward_details(x).lesion_logits.shape == (8, 1, 8, 8)
+    assert net.forward_details(x, lesion=False).lesion_logits is None
+    assert plain.forward_details(x).lesion_logits is None
+    assert torch.equal(net(x), net.forward_details(x).logits)
+    net.train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = lesion_mask_loss(net.forward_details(x).lesion_logits, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert net.conv1.weight.grad.abs().sum() > 0  # the dense supervision reaches the trunk
+    net.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(net.forward_details(x).lesion_logits)
+    inside = torch.nn.functional.adaptive_avg_pool2d(mask, (8, 8)) > 0.5
+    assert losses[-1] < 0.5 * losses[0]
+    assert p[inside].mean() > 0.7 and p[~inside].mean() < 0.3
+
+
+def test_lesion_weight_is_checked_and_a_trained_decoder_reloads(tmp_path):
+    """A short fit on masked images logs the decoder's loss; the checkpoint rebuilds the decoder."""
+    from skintumor.data.manifest import Manifest
+
+    with pytest.raises(ValueError, match="lesion_weight must be >= 0"):
+        SkinTumorClassifier(list(CLASSES), net=NET, loss={"lesion_weight": -1.0}, class_counts=[1, 1, 1], image_size=32)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        image = rng.normal(60, 10, (32, 32))
+        r, c = rng.integers(2, 20, 2)
+        image[r:r + 10, c:c + 10] += 40 + 40 * (i % 3)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        lesion = np.zeros((32, 32), np.uint8)
+        lesion[r:r + 10, c:c + 10] = 255
+        Image.fromarray(lesion).save(tmp_path / f"{i}_m.png")
+        rows.append({"path": f"{i}.png", "label": CLASSES[i % 3], "patient_id": f"p{i}", "mask_path": f"{i}_m.png"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    dm = UltrasoundDataModule(manifest=Manifest.from_csv(tmp_path / "m.csv"), n_folds=2, val_fraction=0.34, image_size=32,
+                              batch_size=4)
+    dm.setup()
+    module = SkinTumorClassifier(list(CLASSES), net=NET | {"lesion_decoder": True}, loss={"alpha": None},
+                                 image_size=32)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, dm)
+    assert "train/lesion_loss" in trainer.logged_metrics
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    reloaded = load_classifier(tmp_path / "last.ckpt")
+    assert reloaded.model.lesion_decoder is not None
+    x = next(iter(dm.val_dataloader()))[0]
+    module.eval()
+    assert torch.allclose(reloaded.predict_proba(x), module.predict_proba(x), atol=1e-6)

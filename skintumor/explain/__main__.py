@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skintumor.explain", description=__doc__)
     parser.add_argument("run_dir", help="a training run directory (checkpoints/best.ckpt, manifest.csv, split.json)")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/explain)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated maps (default {','.join(METHODS)})")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated maps (default {','.join(METHODS)}; "
+                        "random is always added: it is every test's baseline)")
     parser.add_argument("--target", choices=("pred", "true"), default="pred", help="explain the predicted or the true class")
     parser.add_argument("--target-layer", default="layer4", help="layer of the gradient CAMs (e.g. layer3)")
     parser.add_argument("--tolerance", type=int, default=None, help="pointing-game tolerance in px (default 15 px at 224)")

@@ -71,6 +71,8 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
     test = run.manifest.subset(test_rows)
     images, masks = run.decode("test")
     methods = tuple(settings.methods)
+    if "random" not in methods:  # every agreement and faithfulness test is against the random map
+        methods += ("random",)
     rng = np.random.default_rng(settings.seed)
     centre = agr.centre_map((int(hp.image_size),) * 2)
 

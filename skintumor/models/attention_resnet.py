@@ -7,6 +7,7 @@
                 "deep_sup": as "ft", and the branch heads get auxiliary losses in training
                 "concat": one linear layer on the concatenated pooled features
     attention=False: plain ResNet18 (avg-pooled f4 -> linear), the baseline.
+    lesion_decoder=True: also f2, f3, f4 -> lesion logits (B,1,H/8,W/8), an auxiliary task in training.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from skintumor.errors import ConfigError
 from skintumor.models.gates import GridAttentionGate, attention_pool
+from skintumor.models.lesion_decoder import LesionDecoder
 
 AGGREGATIONS = ("ft", "deep_sup", "concat")
 
@@ -31,11 +33,13 @@ class WeightsError(RuntimeError):
 @dataclass
 class ModelOutput:
     """logits (B, C); branch_logits: per-branch head logits (B, C) for ft/deep_sup (gate2, gate3,
-    layer4), empty otherwise; attention: gate maps (B, 1, h, w) at their feature grid."""
+    layer4), empty otherwise; attention: gate maps (B, 1, h, w) at their feature grid; lesion_logits:
+    the lesion decoder's (B, 1, H/8, W/8) when the network has one and it was asked for, else None."""
 
     logits: torch.Tensor
     branch_logits: list[torch.Tensor] = field(default_factory=list)
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    lesion_logits: torch.Tensor | None = None
 
 
 class AttentionGatedResNet18(nn.Module):
@@ -48,7 +52,7 @@ class AttentionGatedResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 3, attention: bool = True, aggregation: str = "ft",
                  normalization: str = "sigmoid", pretrained: bool = False, weights_path: str | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, lesion_decoder: bool = False):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -59,6 +63,7 @@ class AttentionGatedResNet18(nn.Module):
         self.bn1, self.relu, self.maxpool = trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         self.dropout = nn.Dropout(dropout)
+        self.lesion_decoder = LesionDecoder() if lesion_decoder else None
         if not attention:
             self.fc = nn.Linear(512, num_classes)
         else:
@@ -88,29 +93,31 @@ class AttentionGatedResNet18(nn.Module):
         f3 = self.layer3(f2)
         return f2, f3, self.layer4(f3)
 
-    def forward_details(self, x: torch.Tensor) -> ModelOutput:
+    def forward_details(self, x: torch.Tensor, lesion: bool = True) -> ModelOutput:
+        """``lesion=False`` skips the lesion decoder (evaluation needs only the logits)."""
         f2, f3, f4 = self.features(x)
+        lesion_logits = self.lesion_decoder(f2, f3, f4) if lesion and self.lesion_decoder is not None else None
         p4 = self.dropout(torch.flatten(F.adaptive_avg_pool2d(f4, 1), 1))
         if not self.attention:
-            return ModelOutput(self.fc(p4))
+            return ModelOutput(self.fc(p4), lesion_logits=lesion_logits)
         gated2, a2 = self.gate2(f2, f4)
         gated3, a3 = self.gate3(f3, f4)
         p2 = self.dropout(attention_pool(gated2, a2))
         p3 = self.dropout(attention_pool(gated3, a3))
         maps = {"gate2": a2, "gate3": a3}
         if self.aggregation == "concat":
-            return ModelOutput(self.fc(torch.cat([p2, p3, p4], dim=1)), attention=maps)
+            return ModelOutput(self.fc(torch.cat([p2, p3, p4], dim=1)), attention=maps, lesion_logits=lesion_logits)
         branches = [self.head2(p2), self.head3(p3), self.head4(p4)]
-        return ModelOutput(self.fuse(torch.cat(branches, dim=1)), branches, maps)
+        return ModelOutput(self.fuse(torch.cat(branches, dim=1)), branches, maps, lesion_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> logits (B, num_classes)."""
-        return self.forward_details(x).logits
+        return self.forward_details(x, lesion=False).logits
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Gate maps upsampled to the input, {"gate2", "gate3"} -> (B, 1, H, W); empty without gates."""
-        maps = self.forward_details(x).attention
+        maps = self.forward_details(x, lesion=False).attention
         return {k: F.interpolate(v, size=x.shape[-2:], mode="bilinear", align_corners=False)
                 for k, v in maps.items()}
 

@@ -1,4 +1,4 @@
-"""Focal loss (Lin et al. 2017), multi-class, with per-class alpha; the gates' lesion-mask loss."""
+"""Focal loss (Lin et al. 2017), multi-class, with per-class alpha; the gates' lesion-mask loss; the lesion decoder's loss."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -71,3 +71,26 @@ def gate_mask_loss(alpha: torch.Tensor, mask: torch.Tensor, normalization: str =
         return -(t * a.clamp(min=1e-8).log()).sum(dim=1).mean()
     a = a.clamp(1e-6, 1 - 1e-6)  # written out: F.binary_cross_entropy refuses CUDA autocast
     return -(t * a.log() + (1 - t) * (1 - a).log()).mean()
+
+
+def lesion_mask_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The lesion decoder's loss: binary cross-entropy + soft Dice against the lesion mask.
+
+    Shapes: logits (B, 1, h, w); mask (B, 1, H, W) with 1 lesion / 0 background, or -1 everywhere
+    where no mask is known -> scalar. The target is the lesion's share of each cell (area pooling to
+    h x w). Cross-entropy counts every image with a known mask, an empty one too ("no lesion here":
+    a normal scan teaches the decoder to stay off); Dice, which keeps a small lesion from being
+    drowned by its background, counts the images with a lesion. No known mask at all gives 0.
+    """
+    known = mask.flatten(1).amin(dim=1) >= 0
+    if not known.any():
+        return logits.sum() * 0.0  # keeps the graph (and DDP) happy
+    target = F.adaptive_avg_pool2d(mask[known].float().clamp(min=0), logits.shape[-2:]).flatten(1)
+    z = logits[known].float().flatten(1)
+    loss = F.binary_cross_entropy_with_logits(z, target)
+    lesion = target.sum(dim=1) > 0
+    if lesion.any():
+        p, t = torch.sigmoid(z[lesion]), target[lesion]
+        dice = (2 * (p * t).sum(dim=1) + 1) / (p.sum(dim=1) + t.sum(dim=1) + 1)
+        loss = loss + (1 - dice).mean()
+    return loss

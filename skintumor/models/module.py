@@ -20,7 +20,7 @@ from skintumor.errors import ConfigError, DataError
 from skintumor.evaluate.metrics import stage_metrics, summarise
 from skintumor.models.attention_resnet import AttentionGatedResNet18
 from skintumor.models.decision import balanced_offsets
-from skintumor.models.losses import FocalLoss, gate_mask_loss, inverse_frequency_alpha
+from skintumor.models.losses import FocalLoss, gate_mask_loss, inverse_frequency_alpha, lesion_mask_loss
 
 STAGES = ("train", "val", "test")
 TTA = (None, "hflip")
@@ -35,7 +35,9 @@ class SkinTumorClassifier(L.LightningModule):
             list), ``label_smoothing``, ``aux_weight`` (deep supervision), ``mask_weight`` (> 0: the
             gates also learn the lesion masks of the training images that have one, see
             :func:`~skintumor.models.losses.gate_mask_loss`), ``empty_mask`` (``skip``: an empty mask
-            adds nothing; ``background``: it means "no lesion" and the sigmoid gates learn to stay off).
+            adds nothing; ``background``: it means "no lesion" and the sigmoid gates learn to stay off),
+            ``lesion_weight`` (weight of the lesion decoder's loss,
+            :func:`~skintumor.models.losses.lesion_mask_loss`; needs ``net.lesion_decoder``).
         optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``momentum`` (sgd).
         scheduler: ``name`` (step | cosine | onecycle | none), ``step_size``, ``gamma`` (step),
             ``warmup_epochs`` (cosine), ``min_lr`` (cosine).
@@ -76,7 +78,7 @@ class SkinTumorClassifier(L.LightningModule):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
         loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0,
-                    empty_mask="skip") | dict(loss or {})
+                    empty_mask="skip", lesion_weight=1.0) | dict(loss or {})
         if loss["alpha"] == "auto":
             if class_counts is None:
                 raise ValueError("loss.alpha='auto' needs the training fold's class_counts")
@@ -103,6 +105,9 @@ class SkinTumorClassifier(L.LightningModule):
             # `experiment=recipe model=resnet18` is the gates-off baseline of the same recipe
             warnings.warn("loss.mask_weight is ignored: plain ResNet18 has no gates to point at lesions", stacklevel=2)
             self.mask_weight = 0.0
+        self.lesion_weight = float(loss["lesion_weight"])
+        if self.lesion_weight < 0:
+            raise ConfigError(f"loss.lesion_weight must be >= 0, got {self.lesion_weight}")
         if loss["empty_mask"] not in ("skip", "background"):
             raise ConfigError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
         if loss["empty_mask"] == "background" and net.get("normalization", "sigmoid") == "softmax":
@@ -192,7 +197,7 @@ class SkinTumorClassifier(L.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self.model if stage == "train" else self.eval_model()
-        out = net.forward_details(x)
+        out = net.forward_details(x, lesion=stage == "train" and masks is not None)
 
         def criterion(logits: torch.Tensor) -> torch.Tensor:
             if mix is None:
@@ -211,6 +216,11 @@ class SkinTumorClassifier(L.LightningModule):
                                      for a in out.attention.values()]).mean()
             self.log("train/mask_loss", mask_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.mask_weight * mask_loss
+        if out.lesion_logits is not None and masks is not None and self.lesion_weight > 0:
+            # multi-task: the trunk also outlines the lesion (dense supervision; not used to decide)
+            lesion_loss = lesion_mask_loss(out.lesion_logits, masks)
+            self.log("train/lesion_loss", lesion_loss, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + self.lesion_weight * lesion_loss
         scores = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.score_proba(x, out.logits)
         probs = scores if stage == "train" else self.decide(scores)
         if stage == "val":
