@@ -46,6 +46,16 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+def cell_targets(mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which masks are known, and the lesion's share of each cell of a ``size`` grid (area pooling).
+
+    Shapes: mask (B, 1, H, W) with 1 lesion / 0 background, or -1 everywhere where no mask is known
+    -> known (B,) bool, target (B, h*w) in [0, 1] (0 where the mask is unknown).
+    """
+    known = mask.flatten(1).amin(dim=1) >= 0
+    return known, F.adaptive_avg_pool2d(mask.float().clamp(min=0), size).flatten(1)
+
+
 def gate_mask_loss(alpha: torch.Tensor, mask: torch.Tensor, normalization: str = "sigmoid",
                    empty_is_background: bool = False) -> torch.Tensor:
     """How far a gate map is from the lesion mask, over the images whose mask shows a lesion.
@@ -60,12 +70,11 @@ def gate_mask_loss(alpha: torch.Tensor, mask: torch.Tensor, normalization: str =
     """
     if empty_is_background and normalization == "softmax":
         raise ValueError("empty masks as background need sigmoid gates: a softmax gate always sums to 1")
-    known = mask.flatten(1).amin(dim=1) >= 0
-    target = F.adaptive_avg_pool2d(mask.float().clamp(min=0), alpha.shape[-2:])
-    use = known if empty_is_background else known & (target.flatten(1).sum(dim=1) > 0)
+    known, target = cell_targets(mask, alpha.shape[-2:])
+    use = known if empty_is_background else known & (target.sum(dim=1) > 0)
     if not use.any():
         return alpha.sum() * 0.0  # keeps the graph (and DDP) happy
-    a, t = alpha[use].float().flatten(1), target[use].flatten(1)
+    a, t = alpha[use].float().flatten(1), target[use]
     if normalization == "softmax":
         t = t / t.sum(dim=1, keepdim=True)
         return -(t * a.clamp(min=1e-8).log()).sum(dim=1).mean()
@@ -82,11 +91,10 @@ def lesion_mask_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     a normal scan teaches the decoder to stay off); Dice, which keeps a small lesion from being
     drowned by its background, counts the images with a lesion. No known mask at all gives 0.
     """
-    known = mask.flatten(1).amin(dim=1) >= 0
+    known, target = cell_targets(mask, logits.shape[-2:])
     if not known.any():
         return logits.sum() * 0.0  # keeps the graph (and DDP) happy
-    target = F.adaptive_avg_pool2d(mask[known].float().clamp(min=0), logits.shape[-2:]).flatten(1)
-    z = logits[known].float().flatten(1)
+    z, target = logits[known].float().flatten(1), target[known]
     loss = F.binary_cross_entropy_with_logits(z, target)
     lesion = target.sum(dim=1) > 0
     if lesion.any():

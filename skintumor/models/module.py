@@ -197,7 +197,8 @@ class SkinTumorClassifier(L.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self.model if stage == "train" else self.eval_model()
-        out = net.forward_details(x, lesion=stage == "train" and masks is not None)
+        # the lesion decoder only trains: it needs masks and a weight, and never decides
+        out = net.forward_details(x, lesion=stage == "train" and masks is not None and self.lesion_weight > 0)
 
         def criterion(logits: torch.Tensor) -> torch.Tensor:
             if mix is None:
@@ -216,8 +217,8 @@ class SkinTumorClassifier(L.LightningModule):
                                      for a in out.attention.values()]).mean()
             self.log("train/mask_loss", mask_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.mask_weight * mask_loss
-        if out.lesion_logits is not None and masks is not None and self.lesion_weight > 0:
-            # multi-task: the trunk also outlines the lesion (dense supervision; not used to decide)
+        if out.lesion_logits is not None:
+            # multi-task: the trunk also outlines the lesion (dense supervision)
             lesion_loss = lesion_mask_loss(out.lesion_logits, masks)
             self.log("train/lesion_loss", lesion_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.lesion_weight * lesion_loss
