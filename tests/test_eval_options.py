@@ -1,0 +1,51 @@
+"""benchmarks/eval_options.py: options scored without retraining must start from what the recipe does."""
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, train_tiny
+from skintumor.evaluate.finished_run import FinishedRun
+
+spec = importlib.util.spec_from_file_location("eval_options", REPO / "benchmarks" / "eval_options.py")
+eval_options = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(eval_options)
+
+
+def test_zoom_and_shift_move_the_content_as_named():
+    x = torch.zeros(1, 1, 50, 50)
+    x[..., 20:30, 20:30] = 1.0  # a centred square
+    assert torch.allclose(eval_options.zoom_shift(x), x, atol=1e-6)
+    shifted = eval_options.zoom_shift(x, shift=0.06)  # 6 % of 50 px = 3 px
+    assert torch.argmax(shifted[0, 0, 25]).item() in (17, 23)
+    assert shifted[0, 0, 25].sum().item() == pytest.approx(10, abs=0.5)
+    assert eval_options.zoom_shift(x, 1.1).sum() > x.sum() > eval_options.zoom_shift(x, 0.9).sum()
+    assert all(v in eval_options.VIEWS for views in eval_options.VIEW_SETS.values() for v in views)
+
+
+def test_decoder_evidence_raises_normal_where_no_lesion_is_seen():
+    probs = np.array([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
+    lesion_max = np.array([0.05, 0.5, 0.95])
+    out = eval_options.with_decoder_evidence(probs, lesion_max, 1.0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    assert out[0, 2] > 0.2 and out[2, 2] < 0.2
+    np.testing.assert_allclose(out[1], probs[1])  # q = 0.5: no evidence either way
+    np.testing.assert_allclose(out[0, :2] / out[0, :2].sum(), [0.5 / 0.8, 0.3 / 0.8])  # the others keep their ratio
+    np.testing.assert_allclose(eval_options.with_decoder_evidence(probs, lesion_max, 0.0), probs)
+
+
+def test_the_hflip_view_set_is_the_recipes_own_scoring(tiny_folder, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train_tiny(tiny_folder, run_dir, "model.net.lesion_decoder=true", "model.tta=hflip")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = FinishedRun.open(run_dir)
+    y, views, lesion_max = eval_options.score_views(run, "val")
+    assert set(views) == set(eval_options.VIEWS) and lesion_max.shape == y.shape
+    assert ((lesion_max >= 0) & (lesion_max <= 1)).all()
+    recipe = eval_options.options(views, lesion_max)["views: hflip (the recipe)"]
+    y_run, scores = run.classifier.predict_loader(run.loader("val"), decide=False)
+    np.testing.assert_array_equal(y, y_run)
+    np.testing.assert_allclose(recipe, scores, atol=2e-5)
+    assert not np.allclose(views["zoom 1.1"], views["as is"])  # the other views do differ
