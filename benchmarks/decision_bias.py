@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
+from ensemble_val import pooled_cells, pooled_columns  # noqa: E402
+
 from skintumor.evaluate.finished_run import FinishedRun  # noqa: E402
 from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
 from skintumor.models.decision import balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
@@ -55,15 +57,12 @@ def main() -> int:
         print(f"{fold_dir.name}: offsets {np.round(b, 2).tolist()}, val bal. acc {val['plain'][-1][1]:.3f} -> "
               f"{val['cross'][-1][1]:.3f} (cross-fitted)", file=sys.stderr)
     y = np.concatenate(ys)
-    print("| decision | val score (cross-fitted offsets) | val bal. acc (same) | pooled test AUROC | pooled test bal. acc | "
-          + " | ".join(f"{c} sens." for c in classes) + " |")
+    print(f"| decision | val score (cross-fitted offsets) | val bal. acc (same) | {pooled_columns(classes)} |")
     print("|---|---|---|---|---|" + "---|" * len(classes))
     rows = (("argmax", plain, val["plain"]), ("argmax + offsets chosen on validation", shifted, val["cross"]))
     for name, p, v in rows:
-        m = classification_metrics(y, np.concatenate(p), classes, scores=np.concatenate(plain))
-        sens = " | ".join(f"{m[f'sens_{c}']:.3f}" for c in classes)
         score, bal = np.mean(v, axis=0)
-        print(f"| {name} | {score:.3f} | {bal:.3f} | {m['auroc_macro']:.3f} | {m['bal_acc']:.3f} | {sens} |")
+        print(f"| {name} | {score:.3f} | {bal:.3f} | {pooled_cells(y, np.concatenate(p), np.concatenate(plain), classes)} |")
     return 0
 
 

@@ -36,6 +36,37 @@ def same_split(runs: list[FinishedRun]) -> None:
                      "data.inner_fold needed)")
 
 
+def scored(yv: np.ndarray, pv: np.ndarray, pt: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One model on one fold, from its plain probabilities of the validation (pv) and test (pt) images:
+    what it decides with (validation: offsets cross-fitted; test: offsets chosen on the whole
+    validation split), then what AUROC ranks -> (val decided, test decided, pv, pt)."""
+    return cross_fitted(yv, pv), shift_probabilities(pt, balanced_offsets(yv, pv)), pv, pt
+
+
+def mean_of_members(rows: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The ensemble ``report --ensemble`` forms from the members' :func:`scored` rows: each part's mean
+    (the members' offset-shifted probabilities, and their plain ones for AUROC)."""
+    return tuple(np.mean(part, axis=0) for part in zip(*rows))
+
+
+def val_score(y: np.ndarray, decided: np.ndarray, scores: np.ndarray, classes: list[str]) -> float:
+    """The recipe ablation's score: (macro AUROC of ``scores`` + balanced accuracy of ``decided``) / 2."""
+    m = classification_metrics(y, decided, classes, scores=scores)
+    return (m["auroc_macro"] + m["bal_acc"]) / 2
+
+
+def pooled_columns(classes: list[str]) -> str:
+    """Header cells of :func:`pooled_cells`."""
+    return "pooled test AUROC | pooled test bal. acc | " + " | ".join(f"{c} sens." for c in classes)
+
+
+def pooled_cells(y: np.ndarray, decided: np.ndarray, scores: np.ndarray, classes: list[str]) -> str:
+    """Markdown cells of the pooled test metrics: macro AUROC, balanced accuracy, each class's sensitivity."""
+    m = classification_metrics(y, decided, classes, scores=scores)
+    sens = " | ".join(f"{m[f'sens_{c}']:.3f}" for c in classes)
+    return f"{m['auroc_macro']:.3f} | {m['bal_acc']:.3f} | {sens}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("members", type=Path, nargs="+")
@@ -58,26 +89,18 @@ def main() -> int:
             yv, pv = model.predict_loader(loaders["val"])
             yt, pt = model.predict_loader(loaders["test"])
             val_p.append(pv), test_p.append(pt)
-        # per name: validation probabilities with cross-fitted offsets, test probabilities with offsets,
-        # and the scores AUROC ranks (the same before any offsets)
-        scored = [(cross_fitted(yv, pv), shift_probabilities(pt, balanced_offsets(yv, pv)), pv, pt)
-                  for pv, pt in zip(val_p, test_p)]
-        mean_v, mean_t = np.mean(val_p, axis=0), np.mean(test_p, axis=0)
-        scored.append((np.mean([s[0] for s in scored], axis=0), np.mean([s[1] for s in scored], axis=0), mean_v, mean_t))
-        scored.append((cross_fitted(yv, mean_v), shift_probabilities(mean_t, balanced_offsets(yv, mean_v)), mean_v, mean_t))
-        for n, (pv, pt, sv, st) in zip(names, scored):
-            m = classification_metrics(yv, pv, classes, scores=sv)
-            val[n].append((m["auroc_macro"] + m["bal_acc"]) / 2)
+        rows = [scored(yv, pv, pt) for pv, pt in zip(val_p, test_p)]
+        rows.append(mean_of_members(rows))
+        rows.append(scored(yv, np.mean(val_p, axis=0), np.mean(test_p, axis=0)))
+        for n, (pv, pt, sv, st) in zip(names, rows):
+            val[n].append(val_score(yv, pv, sv, classes))
             test[n][0].append(yt), test[n][1].append(pt), test[n][2].append(st)
         print(f"{fold_dir.name}: " + ", ".join(f"{v[-1]:.3f}" for v in val.values()), file=sys.stderr)
-    print("| model | val score (cross-fitted offsets, mean over folds) | pooled test AUROC | pooled test bal. acc | "
-          + " | ".join(f"{c} sens." for c in classes) + " |")
+    print(f"| model | val score (cross-fitted offsets, mean over folds) | {pooled_columns(classes)} |")
     print("|---|---|---|---|" + "---|" * len(classes))
     for n in names:
         y, p, scores = (np.concatenate(part) for part in test[n])
-        m = classification_metrics(y, p, classes, scores=scores)
-        sens = " | ".join(f"{m[f'sens_{c}']:.3f}" for c in classes)
-        print(f"| {n} | {np.mean(val[n]):.3f} | {m['auroc_macro']:.3f} | {m['bal_acc']:.3f} | {sens} |")
+        print(f"| {n} | {np.mean(val[n]):.3f} | {pooled_cells(y, p, scores, classes)} |")
     return 0
 
 

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
+from ensemble_val import mean_of_members, pooled_cells, pooled_columns, same_split, scored, val_score  # noqa: E402
+
 from skintumor.evaluate.finished_run import FinishedRun  # noqa: E402
-from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
-from skintumor.models.decision import balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
 
 
 def zoom_shift(x: torch.Tensor, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
@@ -77,7 +77,7 @@ DECODER_WEIGHTS = (0.25, 0.5, 1.0)
 def score_views(run: FinishedRun, part: str) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Labels (N,), per view the softmax probabilities (N, C), and the decoder's largest lesion
     probability per image (N,) of one part of a finished run."""
-    net = run.classifier.eval_model().eval()
+    net = run.classifier.eval_model()  # FinishedRun opens it in eval mode
     if getattr(net, "lesion_decoder", None) is None:
         raise SystemExit(f"{run.path}: the model has no lesion decoder (model.net.lesion_decoder=false)")
     ys, probs, lesion = [], {v: [] for v in VIEWS}, []
@@ -115,37 +115,32 @@ def main() -> int:
     args = parser.parse_args()
     who = [m.name for m in args.members] + (["ensemble"] if len(args.members) > 1 else [])
     val = {}    # (who, option) -> per-fold val scores
-    test = {}   # (who, option) -> lists of labels, shifted probabilities, unshifted scores
+    test = {}   # (who, option) -> lists of labels, decided probabilities, plain scores
     classes = None
     for fold_dir in sorted(args.members[0].glob("fold_*")):
+        runs = [FinishedRun.open(m / fold_dir.name) for m in args.members]
+        same_split(runs)
+        classes = runs[0].classifier.hparams.classes
         per_member = []  # per member: option -> (val probs, test probs)
-        for member in args.members:
-            run = FinishedRun.open(member / fold_dir.name)
-            classes = run.classifier.hparams.classes
+        for run in runs:
             yv, views_v, lesion_v = score_views(run, "val")
             yt, views_t, lesion_t = score_views(run, "test")
             ov, ot = options(views_v, lesion_v), options(views_t, lesion_t)
             per_member.append({o: (ov[o], ot[o]) for o in ov})
         for option in per_member[0]:
-            # per who: validation probabilities with cross-fitted offsets, their scores, test shifted, test scores
-            rows = [(cross_fitted(yv, pv), pv, shift_probabilities(pt, balanced_offsets(yv, pv)), pt)
-                    for pv, pt in (m[option] for m in per_member)]
+            rows = [scored(yv, *m[option]) for m in per_member]
             if len(rows) > 1:
-                rows.append(tuple(np.mean([r[i] for r in rows], axis=0) for i in range(4)))
-            for name, (pv_shift, sv, pt_shift, st) in zip(who, rows):
-                m = classification_metrics(yv, pv_shift, classes, scores=sv)
-                val.setdefault((name, option), []).append((m["auroc_macro"] + m["bal_acc"]) / 2)
+                rows.append(mean_of_members(rows))
+            for name, (pv, pt, sv, st) in zip(who, rows):
+                val.setdefault((name, option), []).append(val_score(yv, pv, sv, classes))
                 parts = test.setdefault((name, option), ([], [], []))
-                parts[0].append(yt), parts[1].append(pt_shift), parts[2].append(st)
+                parts[0].append(yt), parts[1].append(pt), parts[2].append(st)
         print(f"{fold_dir.name} done", file=sys.stderr)
-    print("| model | option | val score (cross-fitted offsets) | pooled test AUROC | pooled test bal. acc | "
-          + " | ".join(f"{c} sens." for c in classes) + " |")
+    print(f"| model | option | val score (cross-fitted offsets) | {pooled_columns(classes)} |")
     print("|---|---|---|---|---|" + "---|" * len(classes))
     for (name, option), scores in val.items():
         y, p, s = (np.concatenate(part) for part in test[(name, option)])
-        m = classification_metrics(y, p, classes, scores=s)
-        sens = " | ".join(f"{m[f'sens_{c}']:.3f}" for c in classes)
-        print(f"| {name} | {option} | {np.mean(scores):.3f} | {m['auroc_macro']:.3f} | {m['bal_acc']:.3f} | {sens} |")
+        print(f"| {name} | {option} | {np.mean(scores):.3f} | {pooled_cells(y, p, s, classes)} |")
     return 0
 
 

@@ -36,11 +36,20 @@ def test_decoder_evidence_raises_normal_where_no_lesion_is_seen():
     np.testing.assert_allclose(eval_options.with_decoder_evidence(probs, lesion_max, 0.0), probs)
 
 
-def test_the_hflip_view_set_is_the_recipes_own_scoring(tiny_folder, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = train_tiny(tiny_folder, run_dir, "model.net.lesion_decoder=true", "model.tta=hflip")
+def decoder_sweep(tiny_folder, sweep, *overrides):
+    """A one-fold 'sweep' (sweep/fold_0) of a tiny run with the lesion decoder and the recipe's flip."""
+    proc = train_tiny(tiny_folder, sweep / "fold_0", "model.net.lesion_decoder=true", "model.tta=hflip", *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = FinishedRun.open(run_dir)
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tiny_folder, tmp_path_factory):
+    return decoder_sweep(tiny_folder, tmp_path_factory.mktemp("eval_options") / "a")
+
+
+def test_the_hflip_view_set_is_the_recipes_own_scoring(tiny_sweep):
+    run = FinishedRun.open(tiny_sweep / "fold_0")
     y, views, lesion_max = eval_options.score_views(run, "val")
     assert set(views) == set(eval_options.VIEWS) and lesion_max.shape == y.shape
     assert ((lesion_max >= 0) & (lesion_max <= 1)).all()
@@ -49,3 +58,17 @@ def test_the_hflip_view_set_is_the_recipes_own_scoring(tiny_folder, tmp_path):
     np.testing.assert_array_equal(y, y_run)
     np.testing.assert_allclose(recipe, scores, atol=2e-5)
     assert not np.allclose(views["zoom 1.1"], views["as is"])  # the other views do differ
+
+
+def test_members_must_share_their_folds(tiny_sweep, tiny_folder, tmp_path, monkeypatch, capsys):
+    """The members' ensemble is scored on validation images, so they must all have the same ones."""
+    twin = tmp_path / "a_again"  # the same run under a second name: a member pair that shares its folds
+    twin.symlink_to(tiny_sweep, target_is_directory=True)
+    monkeypatch.setattr(sys, "argv", ["eval_options.py", str(tiny_sweep), str(twin)])
+    assert eval_options.main() == 0
+    table = capsys.readouterr().out
+    assert "| ensemble | views: hflip (the recipe) |" in table and table.count("\n") == 2 + 3 * 10
+    other = decoder_sweep(tiny_folder, tmp_path / "b", "data.seed=7")
+    monkeypatch.setattr(sys, "argv", ["eval_options.py", str(tiny_sweep), str(other)])
+    with pytest.raises(SystemExit, match="rows differ"):
+        eval_options.main()
