@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import CLASSES, REPO, train_tiny
 from skintumor.data.datamodule import UltrasoundDataModule
+from skintumor.errors import ConfigError
 from skintumor.models.module import SkinTumorClassifier, load_classifier
 
 NET = dict(attention=True, aggregation="ft", normalization="sigmoid")
@@ -353,14 +354,16 @@ def test_lesion_mask_loss_rewards_outlining_the_lesion_and_counts_empty_masks():
         assert torch.isfinite(lesion_mask_loss(good.bfloat16(), mask))
 
 
-@pytest.mark.parametrize("attention", [True, False])
-def test_lesion_decoder_outlines_the_lesion_and_leaves_the_decision_alone(attention):
-    """Shapes, the decision path skips the decoder, and the trunk + decoder learn to find a lesion."""
+@pytest.mark.parametrize("attention, stride", [(True, 8), (False, 8), (True, 4)])
+def test_lesion_decoder_outlines_the_lesion_and_leaves_the_decision_alone(attention, stride):
+    """Shapes, the decision path skips the decoder, and the trunk + decoder learn to find a lesion
+    (stride 4: the finer decoder, from layer1, outlines at twice the resolution)."""
     from skintumor.models.attention_resnet import AttentionGatedResNet18
     from skintumor.models.losses import lesion_mask_loss
 
     torch.manual_seed(0)
-    net = AttentionGatedResNet18(3, attention=attention, lesion_decoder=True)
+    net = AttentionGatedResNet18(3, attention=attention, lesion_decoder=True, lesion_decoder_stride=stride)
+    cells = 64 // stride
     plain = AttentionGatedResNet18(3, attention=attention)
     x = torch.randn(8, 1, 64, 64) * 0.3
     mask = torch.zeros(8, 1, 64, 64)
@@ -369,7 +372,7 @@ def test_lesion_decoder_outlines_the_lesion_and_leaves_the_decision_alone(attent
         x[i, :, r:r + 16, c:c + 16] += 2.0
         mask[i, :, r:r + 16, c:c + 16] = 1
     net.eval(), plain.eval()
-    assert net.forward_details(x).lesion_logits.shape == (8, 1, 8, 8)
+    assert net.forward_details(x).lesion_logits.shape == (8, 1, cells, cells)
     assert net.forward_details(x, lesion=False).lesion_logits is None
     assert plain.forward_details(x).lesion_logits is None
     assert torch.equal(net(x), net.forward_details(x).logits)
@@ -386,13 +389,68 @@ def test_lesion_decoder_outlines_the_lesion_and_leaves_the_decision_alone(attent
     net.eval()
     with torch.no_grad():
         p = torch.sigmoid(net.forward_details(x).lesion_logits)
-    inside = torch.nn.functional.adaptive_avg_pool2d(mask, (8, 8)) > 0.5
+    inside = torch.nn.functional.adaptive_avg_pool2d(mask, (cells, cells)) > 0.5
     assert losses[-1] < 0.5 * losses[0]
     assert p[inside].mean() > 0.7 and p[~inside].mean() < 0.3
 
 
-def test_lesion_weight_is_checked_and_a_trained_decoder_reloads(tmp_path):
-    """A short fit on masked images logs the decoder's loss; the checkpoint rebuilds the decoder."""
+def test_lesion_decoder_stride_is_checked_and_only_stride_4_reads_layer1():
+    from skintumor.models.attention_resnet import AttentionGatedResNet18
+
+    with pytest.raises(ConfigError, match="lesion_decoder_stride must be 8 .* or 4"):
+        AttentionGatedResNet18(3, lesion_decoder=True, lesion_decoder_stride=16)
+    coarse = AttentionGatedResNet18(3, lesion_decoder=True)
+    fine = AttentionGatedResNet18(3, lesion_decoder=True, lesion_decoder_stride=4)
+    assert coarse.lesion_decoder.lateral1 is None and fine.lesion_decoder.lateral1 is not None
+    # a decoder checkpoint from before the option (stride 8) has no layer1 lateral: it loads strictly
+    assert not any("lateral1" in k for k in coarse.state_dict())
+    f1 = {}
+    fine.layer1.register_forward_hook(lambda module, inputs, output: f1.setdefault("f1", output))
+    fine.lesion_decoder.lateral1.register_forward_hook(lambda module, inputs, output: f1.setdefault("in", inputs[0]))
+    fine.eval().forward_details(torch.randn(2, 1, 64, 64))
+    assert torch.equal(f1["in"], f1["f1"])  # the finest lateral reads layer1's output
+
+
+def test_lesion_class_loss_counts_only_lesion_cells_and_rewards_the_right_class():
+    from skintumor.models.losses import lesion_class_loss
+
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[0, :, 0:16, 0:16] = 1   # image 0: a lesion in the top-left quarter
+    mask[2] = -1                 # image 1: empty (normal), image 2: unknown
+    labels = torch.tensor([1, 2, 0])
+    logits = torch.zeros(3, 3, 4, 4)
+    logits[0, 1, :2, :2] = 5.0   # the lesion's cells say class 1
+    right = lesion_class_loss(logits, mask, labels)
+    assert float(right) < 0.05
+    assert lesion_class_loss(logits, mask, torch.tensor([2, 2, 0])) > 1.0  # the wrong label costs
+    other = logits.clone()
+    other[0, :, 2:, 2:] = torch.randn(3, 2, 2) * 10  # background cells
+    other[1:] = torch.randn(2, 3, 4, 4) * 10         # the normal and the unknown image
+    assert float(lesion_class_loss(other, mask, labels)) == pytest.approx(float(right))
+    nothing = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    loss = lesion_class_loss(nothing, torch.zeros(2, 1, 32, 32), torch.tensor([0, 1]))
+    loss.backward()
+    assert float(loss) == 0.0 and nothing.grad is not None
+
+
+def test_lesion_decoder_classes_add_class_logits_per_cell():
+    """net.lesion_decoder_classes: (B, C, h, w) class logits beside the lesion logit (the module's
+    training adds their loss: the reload test below)."""
+    from skintumor.models.attention_resnet import AttentionGatedResNet18
+
+    net = AttentionGatedResNet18(3, lesion_decoder=True, lesion_decoder_stride=4, lesion_decoder_classes=True).eval()
+    out = net.forward_details(torch.randn(2, 1, 64, 64))
+    assert out.lesion_logits.shape == (2, 1, 16, 16) and out.lesion_class_logits.shape == (2, 3, 16, 16)
+    plain_decoder = AttentionGatedResNet18(3, lesion_decoder=True).eval()
+    assert plain_decoder.forward_details(torch.randn(1, 1, 64, 64)).lesion_class_logits is None
+    with pytest.raises(ConfigError, match="lesion_class_weight must be >= 0"):
+        SkinTumorClassifier(list(CLASSES), net=NET, loss={"lesion_class_weight": -1.0}, class_counts=[1, 1, 1], image_size=32)
+
+
+@pytest.mark.parametrize("classes, mixing", [(False, None), (True, None), (True, {"cutmix_alpha": 1.0})])
+def test_lesion_weight_is_checked_and_a_trained_decoder_reloads(tmp_path, classes, mixing):
+    """A short fit on masked images logs the decoder's loss (and its class loss, with class logits,
+    mixed batches too); the checkpoint rebuilds the decoder."""
     from skintumor.data.manifest import Manifest
 
     with pytest.raises(ValueError, match="lesion_weight must be >= 0"):
@@ -412,12 +470,15 @@ def test_lesion_weight_is_checked_and_a_trained_decoder_reloads(tmp_path):
     dm = UltrasoundDataModule(manifest=Manifest.from_csv(tmp_path / "m.csv"), n_folds=2, val_fraction=0.34, image_size=32,
                               batch_size=4)
     dm.setup()
-    module = SkinTumorClassifier(list(CLASSES), net=NET | {"lesion_decoder": True}, loss={"alpha": None},
-                                 image_size=32)
+    module = SkinTumorClassifier(list(CLASSES), net=NET | {"lesion_decoder": True, "lesion_decoder_classes": classes},
+                                 loss={"alpha": None}, image_size=32, mixing=mixing)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, dm)
     assert "train/lesion_loss" in trainer.logged_metrics
+    assert ("train/lesion_class_loss" in trainer.logged_metrics) == classes
+    if classes:
+        assert torch.isfinite(trainer.logged_metrics["train/lesion_class_loss"])
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     reloaded = load_classifier(tmp_path / "last.ckpt")
     assert reloaded.model.lesion_decoder is not None

@@ -7,7 +7,9 @@
                 "deep_sup": as "ft", and the branch heads get auxiliary losses in training
                 "concat": one linear layer on the concatenated pooled features
     attention=False: plain ResNet18 (avg-pooled f4 -> linear), the baseline.
-    lesion_decoder=True: also f2, f3, f4 -> lesion logits (B,1,H/8,W/8), an auxiliary task in training.
+    lesion_decoder=True: also f2, f3, f4 -> lesion logits (B,1,H/8,W/8), an auxiliary task in training;
+                    with lesion_decoder_stride=4 also layer1's f1 (B,64,H/4,W/4) -> logits (B,1,H/4,W/4).
+                    lesion_decoder_classes=True: the decoder also tells the class per cell (B,C,h,w).
 """
 from __future__ import annotations
 
@@ -34,12 +36,15 @@ class WeightsError(RuntimeError):
 class ModelOutput:
     """logits (B, C); branch_logits: per-branch head logits (B, C) for ft/deep_sup (gate2, gate3,
     layer4), empty otherwise; attention: gate maps (B, 1, h, w) at their feature grid; lesion_logits:
-    the lesion decoder's (B, 1, H/8, W/8) when the network has one and it was asked for, else None."""
+    the lesion decoder's (B, 1, H/s, W/s), s its stride (8 or 4), when the network has one and it was
+    asked for, else None; lesion_class_logits: its class logits per cell (B, C, H/s, W/s) when it has
+    them (``lesion_decoder_classes``), else None."""
 
     logits: torch.Tensor
     branch_logits: list[torch.Tensor] = field(default_factory=list)
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
     lesion_logits: torch.Tensor | None = None
+    lesion_class_logits: torch.Tensor | None = None
 
 
 class AttentionGatedResNet18(nn.Module):
@@ -52,10 +57,14 @@ class AttentionGatedResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 3, attention: bool = True, aggregation: str = "ft",
                  normalization: str = "sigmoid", pretrained: bool = False, weights_path: str | None = None,
-                 dropout: float = 0.0, lesion_decoder: bool = False):
+                 dropout: float = 0.0, lesion_decoder: bool = False, lesion_decoder_stride: int = 8,
+                 lesion_decoder_classes: bool = False):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if lesion_decoder_stride not in (8, 4):
+            raise ConfigError(f"lesion_decoder_stride must be 8 (cells from layer2) or 4 (from layer1), "
+                              f"got {lesion_decoder_stride!r}")
         self.num_classes, self.attention, self.aggregation = num_classes, attention, aggregation
         trunk = resnet18(weights=None)
         # 1-channel input: greyscale B-mode
@@ -63,7 +72,10 @@ class AttentionGatedResNet18(nn.Module):
         self.bn1, self.relu, self.maxpool = trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         self.dropout = nn.Dropout(dropout)
-        self.lesion_decoder = LesionDecoder() if lesion_decoder else None
+        self.lesion_decoder = None
+        if lesion_decoder:
+            self.lesion_decoder = LesionDecoder(fine_channels=64 if lesion_decoder_stride == 4 else None,
+                                                num_classes=num_classes if lesion_decoder_classes else 0)
         if not attention:
             self.fc = nn.Linear(512, num_classes)
         else:
@@ -88,27 +100,36 @@ class AttentionGatedResNet18(nn.Module):
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B,1,H,W) -> f2 (B,128,H/8,W/8), f3 (B,256,H/16,W/16), f4 (B,512,H/32,W/32)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        f2 = self.layer2(self.layer1(x))
+        return self.pyramid(x)[1:]
+
+    def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B,1,H,W) -> f1 (B,64,H/4,W/4) and :meth:`features`' f2, f3, f4."""
+        f1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        f2 = self.layer2(f1)
         f3 = self.layer3(f2)
-        return f2, f3, self.layer4(f3)
+        return f1, f2, f3, self.layer4(f3)
 
     def forward_details(self, x: torch.Tensor, lesion: bool = True) -> ModelOutput:
         """``lesion=False`` skips the lesion decoder (evaluation needs only the logits)."""
-        f2, f3, f4 = self.features(x)
-        lesion_logits = self.lesion_decoder(f2, f3, f4) if lesion and self.lesion_decoder is not None else None
+        f1, f2, f3, f4 = self.pyramid(x)
+        lesion_logits = class_logits = None
+        if lesion and self.lesion_decoder is not None:
+            decoded = self.lesion_decoder(f2, f3, f4, f1)
+            lesion_logits = decoded[:, :1]
+            class_logits = decoded[:, 1:] if decoded.shape[1] > 1 else None
         p4 = self.dropout(torch.flatten(F.adaptive_avg_pool2d(f4, 1), 1))
         if not self.attention:
-            return ModelOutput(self.fc(p4), lesion_logits=lesion_logits)
+            return ModelOutput(self.fc(p4), lesion_logits=lesion_logits, lesion_class_logits=class_logits)
         gated2, a2 = self.gate2(f2, f4)
         gated3, a3 = self.gate3(f3, f4)
         p2 = self.dropout(attention_pool(gated2, a2))
         p3 = self.dropout(attention_pool(gated3, a3))
         maps = {"gate2": a2, "gate3": a3}
         if self.aggregation == "concat":
-            return ModelOutput(self.fc(torch.cat([p2, p3, p4], dim=1)), attention=maps, lesion_logits=lesion_logits)
+            return ModelOutput(self.fc(torch.cat([p2, p3, p4], dim=1)), attention=maps, lesion_logits=lesion_logits,
+                               lesion_class_logits=class_logits)
         branches = [self.head2(p2), self.head3(p3), self.head4(p4)]
-        return ModelOutput(self.fuse(torch.cat(branches, dim=1)), branches, maps, lesion_logits)
+        return ModelOutput(self.fuse(torch.cat(branches, dim=1)), branches, maps, lesion_logits, class_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> logits (B, num_classes)."""

@@ -1,4 +1,4 @@
-"""Focal loss (Lin et al. 2017), multi-class, with per-class alpha; the gates' lesion-mask loss; the lesion decoder's loss."""
+"""Focal loss (Lin et al. 2017), multi-class, with per-class alpha; the gates' lesion-mask loss; the lesion decoder's losses."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -102,3 +102,20 @@ def lesion_mask_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         dice = (2 * (p * t).sum(dim=1) + 1) / (p.sum(dim=1) + t.sum(dim=1) + 1)
         loss = loss + (1 - dice).mean()
     return loss
+
+
+def lesion_class_loss(class_logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the decoder's class logits in the cells that are mostly lesion, against the
+    image's label: the lesion's own tissue, not only the image as a whole, must tell its class.
+
+    Shapes: class_logits (B, C, h, w); mask (B, 1, H, W) as for :func:`lesion_mask_loss`; labels (B,)
+    -> scalar, the mean over lesion cells (a cell counts when the lesion covers at least half of it).
+    Images without a known mask or without a lesion add nothing; none at all gives 0.
+    """
+    known, target = cell_targets(mask, class_logits.shape[-2:])
+    cells = known[:, None] & (target >= 0.5)  # (B, h*w)
+    if not cells.any():
+        return class_logits.sum() * 0.0  # keeps the graph (and DDP) happy
+    z = class_logits.float().flatten(2).transpose(1, 2)  # (B, h*w, C)
+    y = labels[:, None].expand(-1, z.shape[1])
+    return F.cross_entropy(z[cells], y[cells])

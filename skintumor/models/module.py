@@ -20,7 +20,8 @@ from skintumor.errors import ConfigError, DataError
 from skintumor.evaluate.metrics import stage_metrics, summarise
 from skintumor.models.attention_resnet import AttentionGatedResNet18
 from skintumor.models.decision import balanced_offsets
-from skintumor.models.losses import FocalLoss, gate_mask_loss, inverse_frequency_alpha, lesion_mask_loss
+from skintumor.models.losses import (FocalLoss, gate_mask_loss, inverse_frequency_alpha, lesion_class_loss,
+                                     lesion_mask_loss)
 
 STAGES = ("train", "val", "test")
 TTA = (None, "hflip")
@@ -37,7 +38,9 @@ class SkinTumorClassifier(L.LightningModule):
             :func:`~skintumor.models.losses.gate_mask_loss`), ``empty_mask`` (``skip``: an empty mask
             adds nothing; ``background``: it means "no lesion" and the sigmoid gates learn to stay off),
             ``lesion_weight`` (weight of the lesion decoder's loss,
-            :func:`~skintumor.models.losses.lesion_mask_loss`; needs ``net.lesion_decoder``).
+            :func:`~skintumor.models.losses.lesion_mask_loss`; needs ``net.lesion_decoder``),
+            ``lesion_class_weight`` (weight of the decoder's per-cell class loss,
+            :func:`~skintumor.models.losses.lesion_class_loss`; needs ``net.lesion_decoder_classes``).
         optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``momentum`` (sgd).
         scheduler: ``name`` (step | cosine | onecycle | none), ``step_size``, ``gamma`` (step),
             ``warmup_epochs`` (cosine), ``min_lr`` (cosine).
@@ -78,7 +81,7 @@ class SkinTumorClassifier(L.LightningModule):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
         loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0,
-                    empty_mask="skip", lesion_weight=1.0) | dict(loss or {})
+                    empty_mask="skip", lesion_weight=1.0, lesion_class_weight=1.0) | dict(loss or {})
         if loss["alpha"] == "auto":
             if class_counts is None:
                 raise ValueError("loss.alpha='auto' needs the training fold's class_counts")
@@ -108,6 +111,9 @@ class SkinTumorClassifier(L.LightningModule):
         self.lesion_weight = float(loss["lesion_weight"])
         if self.lesion_weight < 0:
             raise ConfigError(f"loss.lesion_weight must be >= 0, got {self.lesion_weight}")
+        self.lesion_class_weight = float(loss["lesion_class_weight"])
+        if self.lesion_class_weight < 0:
+            raise ConfigError(f"loss.lesion_class_weight must be >= 0, got {self.lesion_class_weight}")
         if loss["empty_mask"] not in ("skip", "background"):
             raise ConfigError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
         if loss["empty_mask"] == "background" and net.get("normalization", "sigmoid") == "softmax":
@@ -198,7 +204,8 @@ class SkinTumorClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         net = self.model if stage == "train" else self.eval_model()
         # the lesion decoder only trains: it needs masks and a weight, and never decides
-        out = net.forward_details(x, lesion=stage == "train" and masks is not None and self.lesion_weight > 0)
+        decoder_trains = self.lesion_weight > 0 or self.lesion_class_weight > 0
+        out = net.forward_details(x, lesion=stage == "train" and masks is not None and decoder_trains)
 
         def criterion(logits: torch.Tensor) -> torch.Tensor:
             if mix is None:
@@ -222,6 +229,15 @@ class SkinTumorClassifier(L.LightningModule):
             lesion_loss = lesion_mask_loss(out.lesion_logits, masks)
             self.log("train/lesion_loss", lesion_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.lesion_weight * lesion_loss
+        if out.lesion_class_logits is not None and self.lesion_class_weight > 0:
+            # the lesion's own cells must tell the image's class (mixed batches: the two labels' mix)
+            if mix is None:
+                class_loss = lesion_class_loss(out.lesion_class_logits, masks, y)
+            else:
+                class_loss = (mix.lam * lesion_class_loss(out.lesion_class_logits, masks, mix.y_a)
+                              + (1 - mix.lam) * lesion_class_loss(out.lesion_class_logits, masks, mix.y_b))
+            self.log("train/lesion_class_loss", class_loss, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + self.lesion_class_weight * class_loss
         scores = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.score_proba(x, out.logits)
         probs = scores if stage == "train" else self.decide(scores)
         if stage == "val":
