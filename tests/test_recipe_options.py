@@ -446,6 +446,16 @@ def test_lesion_decoder_classes_add_class_logits_per_cell():
     with pytest.raises(ConfigError, match="lesion_class_weight must be >= 0"):
         SkinTumorClassifier(list(CLASSES), net=NET, loss={"lesion_class_weight": -1.0}, class_counts=[1, 1, 1], image_size=32)
 
+    def module(net: dict, **loss) -> SkinTumorClassifier:
+        return SkinTumorClassifier(list(CLASSES), net=NET | net, loss={"alpha": None} | loss, image_size=32)
+
+    # the decoder runs in training only where one of its losses counts
+    assert module({"lesion_decoder": True}).decoder_trains
+    assert not module({"lesion_decoder": True}, lesion_weight=0.0).decoder_trains
+    assert module({"lesion_decoder": True, "lesion_decoder_classes": True}, lesion_weight=0.0).decoder_trains
+    assert not module({"lesion_decoder": True, "lesion_decoder_classes": True}, lesion_weight=0.0,
+                      lesion_class_weight=0.0).decoder_trains
+
 
 @pytest.mark.parametrize("classes, mixing", [(False, None), (True, None), (True, {"cutmix_alpha": 1.0})])
 def test_lesion_weight_is_checked_and_a_trained_decoder_reloads(tmp_path, classes, mixing):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -114,6 +115,9 @@ class SkinTumorClassifier(L.LightningModule):
         self.lesion_class_weight = float(loss["lesion_class_weight"])
         if self.lesion_class_weight < 0:
             raise ConfigError(f"loss.lesion_class_weight must be >= 0, got {self.lesion_class_weight}")
+        # the decoder runs in training only where one of its losses counts (it never decides)
+        self.decoder_trains = self.lesion_weight > 0 or (
+            self.lesion_class_weight > 0 and bool(net.get("lesion_decoder_classes", False)))
         if loss["empty_mask"] not in ("skip", "background"):
             raise ConfigError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
         if loss["empty_mask"] == "background" and net.get("normalization", "sigmoid") == "softmax":
@@ -203,14 +207,16 @@ class SkinTumorClassifier(L.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self.model if stage == "train" else self.eval_model()
-        # the lesion decoder only trains: it needs masks and a weight, and never decides
-        decoder_trains = self.lesion_weight > 0 or self.lesion_class_weight > 0
-        out = net.forward_details(x, lesion=stage == "train" and masks is not None and decoder_trains)
+        out = net.forward_details(x, lesion=stage == "train" and masks is not None and self.decoder_trains)
+
+        def over_labels(loss_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            """``loss_of`` the batch's labels; for a mixed batch, the mix of its two labels' losses."""
+            if mix is None:
+                return loss_of(y)
+            return mix.lam * loss_of(mix.y_a) + (1 - mix.lam) * loss_of(mix.y_b)
 
         def criterion(logits: torch.Tensor) -> torch.Tensor:
-            if mix is None:
-                return self.criterion(logits, y)
-            return mix.lam * self.criterion(logits, mix.y_a) + (1 - mix.lam) * self.criterion(logits, mix.y_b)
+            return over_labels(lambda labels: self.criterion(logits, labels))
 
         loss = criterion(out.logits)
         if stage == "train" and self.model.aggregation == "deep_sup" and out.branch_logits:
@@ -230,12 +236,8 @@ class SkinTumorClassifier(L.LightningModule):
             self.log("train/lesion_loss", lesion_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.lesion_weight * lesion_loss
         if out.lesion_class_logits is not None and self.lesion_class_weight > 0:
-            # the lesion's own cells must tell the image's class (mixed batches: the two labels' mix)
-            if mix is None:
-                class_loss = lesion_class_loss(out.lesion_class_logits, masks, y)
-            else:
-                class_loss = (mix.lam * lesion_class_loss(out.lesion_class_logits, masks, mix.y_a)
-                              + (1 - mix.lam) * lesion_class_loss(out.lesion_class_logits, masks, mix.y_b))
+            # the lesion's own cells must tell the image's class
+            class_loss = over_labels(lambda labels: lesion_class_loss(out.lesion_class_logits, masks, labels))
             self.log("train/lesion_class_loss", class_loss, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.lesion_class_weight * class_loss
         scores = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.score_proba(x, out.logits)
