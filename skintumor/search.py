@@ -37,6 +37,9 @@ def run_search(cfg: DictConfig) -> Path:
     out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"policy_fold{fold}.json"
     if out.exists():
         raise PolicyError(f"{out}: already exists; policies are never overwritten")
+    if cfg.data.get("nested"):  # the search splits the whole outer training part, stand-in included
+        raise PolicyError("data.nested=true judges training recipes on a stand-in test fold; the policy search "
+                          "does not honour it and would see the stand-in: run the search without data.nested")
     L.seed_everything(cfg.seed, workers=True)
 
     # the training's own data path (data check, crop, near-duplicate groups, resize), so the folds and

@@ -331,3 +331,17 @@ def test_importing_the_augmentations_makes_no_network_call():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "0"
+
+
+def test_search_refuses_a_nested_judging_config(tmp_path):
+    """data.nested=true keeps a stand-in test fold out of training; the search would read it, so it refuses."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from skintumor.augment.policy import PolicyError
+    from skintumor.search import run_search
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=["data.nested=true", f"output={tmp_path}/p.json"])
+    with pytest.raises(PolicyError, match="data.nested"):
+        run_search(cfg)
+    assert not (tmp_path / "p.json").exists()

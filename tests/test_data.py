@@ -102,3 +102,17 @@ def test_datamodule_batches_and_leaves_user_data_untouched(tiny_folder, num_work
     test_rows = torch.cat([b[2] for b in dm.test_dataloader()])
     assert sorted(test_rows.tolist()) == dm.split.test.tolist()
     assert snapshot(tiny_folder) == before
+
+
+def test_nested_datamodule_tests_on_the_validation_part_and_records_it(tiny_folder, tmp_path):
+    """data.nested=true: the test loader serves the plain run's validation rows, never its test fold,
+    and split.json says the run was a nested (judging) one."""
+    kwargs = dict(source="folder", root=str(tiny_folder), options={"patients_csv": str(tiny_folder / "patients.csv")},
+                  image_size=32, batch_size=4, n_folds=3, val_fraction=0.25)
+    plain, nested = UltrasoundDataModule(**kwargs), UltrasoundDataModule(**kwargs, nested=True)
+    plain.setup(), nested.setup()
+    test_rows = torch.cat([b[2] for b in nested.test_dataloader()])
+    assert sorted(test_rows.tolist()) == plain.split.val.tolist()
+    assert not set(nested.split.train.tolist()) & set(plain.split.test.tolist())
+    nested.write_split(tmp_path)
+    assert '"nested": true' in (tmp_path / "split.json").read_text()

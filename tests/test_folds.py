@@ -88,3 +88,21 @@ def test_inner_fold_moves_validation_but_not_test():
     assert sorted(validated.tolist()) == folds.train_part(1).tolist()
     with pytest.raises(DataError, match="inner_fold 5 does not exist"):
         folds.split(1, inner_fold=5)
+
+
+def test_nested_split_judges_on_the_validation_part_and_never_touches_the_test_fold():
+    """nested=True: the usual validation split stands in as the test fold (the same for every
+    inner_fold, so fold-ensemble members share it), train / val partition the rest, and no row of
+    the outer test fold appears anywhere."""
+    labels, groups = _study_like(seed=2)
+    folds = PatientGroupedFolds(labels, groups, n_splits=5, val_fraction=0.2, seed=5)
+    plain = folds.split(3)
+    nested = [folds.split(3, inner_fold=j, nested=True) for j in range(5)]
+    for s in nested:
+        assert np.array_equal(s.test, plain.val)
+        assert not (set(s.train) | set(s.val) | set(s.test)) & set(plain.test.tolist())
+        assert sorted(np.concatenate([s.train, s.val]).tolist()) == plain.train.tolist()
+        assert_disjoint_groups(s, groups)
+    assert sorted(np.concatenate([s.val for s in nested]).tolist()) == plain.train.tolist()
+    assert not np.array_equal(nested[0].val, nested[1].val)
+    assert folds.split(3, nested=False).val.tolist() == plain.val.tolist()  # the default is untouched

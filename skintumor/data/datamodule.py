@@ -111,6 +111,8 @@ class UltrasoundDataModule(L.LightningDataModule):
             seed-ensemble members share the folds but must not share their batches.
         inner_fold: which inner fold of the training part validates (default 0); fold-ensemble
             members use different ones (:meth:`PatientGroupedFolds.split`).
+        nested: judge without the test fold: the training part's validation split stands in as the
+            test fold, train / val come from the rest (:meth:`PatientGroupedFolds.split`).
     """
 
     def __init__(self, source: str | None = "folder", root: str | None = None, options: dict | None = None,
@@ -119,7 +121,8 @@ class UltrasoundDataModule(L.LightningDataModule):
                  mean: float = 0.449, std: float = 0.226, augment: Augment | None = None,
                  manifest: Manifest | None = None, pin_memory: bool = False, crop: bool = False,
                  dedup: bool = False, max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep",
-                 sampler: str | None = None, sampler_seed: int | None = None, inner_fold: int = 0):
+                 sampler: str | None = None, sampler_seed: int | None = None, inner_fold: int = 0,
+                 nested: bool = False):
         super().__init__()
         if sampler not in SAMPLERS:
             raise ConfigError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -130,7 +133,7 @@ class UltrasoundDataModule(L.LightningDataModule):
         self.mean, self.std, self.augment, self.pin_memory = mean, std, augment, pin_memory
         self.manifest = manifest
         self.crop, self.dedup, self.max_distance, self.label_conflicts = crop, dedup, max_distance, label_conflicts
-        self.inner_fold = inner_fold
+        self.inner_fold, self.nested = inner_fold, nested
         self.split: Split | None = None
         self.images: list[np.ndarray] | None = None
         self.masks: list[np.ndarray | None] | None = None
@@ -153,7 +156,7 @@ class UltrasoundDataModule(L.LightningDataModule):
         self.manifest, self.images, self.masks = prepared.manifest, prepared.images, prepared.masks
         manifest = self.manifest
         folds = PatientGroupedFolds(manifest.labels, manifest.groups, self.n_folds, self.val_fraction, self.seed)
-        self.split = folds.split(self.fold, self.inner_fold)
+        self.split = folds.split(self.fold, self.inner_fold, self.nested)
         assert_disjoint_groups(self.split, self.manifest.table["patient_id"])  # patients too, not only groups
 
     @property
@@ -171,7 +174,7 @@ class UltrasoundDataModule(L.LightningDataModule):
         self.manifest.to_csv(run_dir / "manifest.csv")
         info = self.split.as_dict() | {"manifest": "manifest.csv", "root": str(Path(self.manifest.root).resolve()),
                                        "classes": self.classes, "n_folds": self.n_folds, "seed": self.seed,
-                                       "val_fraction": self.val_fraction, "inner_fold": self.inner_fold}
+                                       "val_fraction": self.val_fraction, "inner_fold": self.inner_fold, "nested": self.nested}
         (run_dir / "split.json").write_text(json.dumps(info))
 
     # -- loaders -------------------------------------------------------------------------------

@@ -79,30 +79,45 @@ class PatientGroupedFolds:
         test = set(self.test_indices(fold).tolist())
         return np.array([i for i in range(len(self.labels)) if i not in test], dtype=int)
 
-    def split(self, fold: int, inner_fold: int = 0) -> Split:
+    def split(self, fold: int, inner_fold: int = 0, nested: bool = False) -> Split:
         """Outer fold ``fold`` as train / val / test row indices; checked for leaks before returning.
 
         ``inner_fold`` picks which of the ``round(1 / val_fraction)`` inner folds validates (default
         0): members of a fold ensemble use different ones, so together they learn from every
         training image. The test fold is the same whatever ``inner_fold`` is.
+
+        ``nested=True`` judges recipes without the outer test fold: the training part's inner fold 0
+        (the usual validation split) stands in as the test fold, and train / val are split from the
+        rest as above. Ensembles whose members validate on different images (fold ensembles) can be
+        compared on that stand-in, which no member has seen; the outer test fold is not used at all.
         """
         part = self.train_part(fold)
         n_inner = max(2, round(1.0 / self.val_fraction))
         if not 0 <= inner_fold < n_inner:
             raise DataError(f"inner_fold {inner_fold} does not exist (inner folds are 0..{n_inner - 1} "
                             f"for val_fraction {self.val_fraction})")
-        # only one inner fold is used here, so two groups per class suffice
-        self._check_enough_groups(self.labels[part], self.groups[part], 2, "parts of the validation split")
-        with warnings.catch_warnings():  # sklearn warns when a class has fewer groups than n_inner
-            warnings.simplefilter("ignore", UserWarning)
-            train, val = list(self._inner_splits(part, n_inner, seed_offset=fold))[inner_fold]
+        test = self.test_indices(fold)
+        if nested:
+            part, test = self._validation_split(fold, part, n_inner, 0)
+            fold_seed = 2000 + fold  # a different inner shuffle for the part that is left
+        else:
+            fold_seed = fold
+        train, val = self._validation_split(fold_seed, part, n_inner, inner_fold)
         absent = sorted(set(self.labels[part]) - set(self.labels[val]))
         if absent:
             warnings.warn(f"fold {fold}: class(es) {absent} have no validation image; "
                           "checkpoint selection cannot see them (add patients or raise val_fraction)", stacklevel=2)
-        result = Split(fold, np.sort(train), np.sort(val), self.test_indices(fold))
+        result = Split(fold, np.sort(train), np.sort(val), np.sort(test))
         assert_disjoint_groups(result, self.groups)
         return result
+
+    def _validation_split(self, seed_offset: int, part: np.ndarray, n_inner: int, inner_fold: int):
+        """(train, val) of ``part``: its inner fold ``inner_fold`` of ``n_inner`` validates."""
+        # only one inner fold is used here, so two groups per class suffice
+        self._check_enough_groups(self.labels[part], self.groups[part], 2, "parts of the validation split")
+        with warnings.catch_warnings():  # sklearn warns when a class has fewer groups than n_inner
+            warnings.simplefilter("ignore", UserWarning)
+            return list(self._inner_splits(part, n_inner, seed_offset=seed_offset))[inner_fold]
 
     def inner_folds(self, fold: int, n_inner: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
         """K grouped, stratified (train, val) splits of outer fold ``fold``'s training part.
