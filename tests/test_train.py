@@ -77,6 +77,17 @@ def test_checkpoint_rebuilds_without_pickles(trained_run):
     assert len(alpha) == 3
 
 
+def test_weights_only_checkpoints_are_a_third_and_still_load(trained_run, tiny_folder, tmp_path):
+    # the disk saver the README offers: no Adam state (so no resuming), same classifier
+    proc = train_tiny(tiny_folder, tmp_path / "w", "callbacks.model_checkpoint.save_weights_only=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    slim, full = tmp_path / "w" / "checkpoints" / "best.ckpt", trained_run / "checkpoints" / "best.ckpt"
+    assert slim.stat().st_size < 0.4 * full.stat().st_size
+    model = load_classifier(slim)
+    assert model.hparams.classes == ["cyst", "lipoma", "pilomatricoma"]
+    assert json.loads((tmp_path / "w" / "metrics_test.json").read_text())["checkpoint"] == "checkpoints/best.ckpt"
+
+
 def test_run_directory_is_never_overwritten(trained_run, tiny_folder):
     before = (trained_run / "checkpoints" / "best.ckpt").stat().st_mtime_ns
     proc = run_train("data=folder", f"data.root={tiny_folder}", "debug=fdr", f"hydra.run.dir={trained_run}")
