@@ -11,7 +11,8 @@ validation as in ``benchmarks/decision_bias.py``. Two ways to ensemble: average 
 offset-shifted probabilities (each member's offsets chosen on its own validation probabilities,
 what ``python -m skintumor.report --ensemble`` does with finished sweeps), or choose one set of
 offsets on the members' mean. The test columns apply offsets chosen on the whole validation split;
-the test folds choose nothing.
+the test folds choose nothing. ``--checkpoint last.ckpt`` scores the final epoch's weights instead
+of the ones validation chose (their offsets are chosen the same way).
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def pooled_cells(y: np.ndarray, decided: np.ndarray, scores: np.ndarray, classes
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("members", type=Path, nargs="+")
+    parser.add_argument("--checkpoint", default="best.ckpt", choices=("best.ckpt", "last.ckpt"),
+                        help="the weights validation chose (default) or the final epoch's")
     args = parser.parse_args()
     if len(args.members) < 2:
         parser.error("an ensemble needs at least two sweeps")
@@ -79,7 +82,7 @@ def main() -> int:
     test = {n: ([], [], []) for n in names}  # labels, probabilities with offsets, scores before them
     classes = None
     for fold_dir in sorted(args.members[0].glob("fold_*")):
-        runs = [FinishedRun.open(m / fold_dir.name) for m in args.members]
+        runs = [FinishedRun.open(m / fold_dir.name, args.checkpoint) for m in args.members]
         same_split(runs)
         val_p, test_p = [], []  # per member: plain probabilities (offsets zeroed)
         for run in runs:

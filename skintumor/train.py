@@ -56,8 +56,10 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    # the checkpoint callback with a monitor writes best.ckpt (the other one keeps last.ckpt for resuming)
+    selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
+    best = selector.best_model_path if selector else ""
+    best_score = selector.best_model_score if selector else None
 
     if best:
         # what the selection saw: the chosen checkpoint's scores on the inner validation split

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import CLASSES, train_tiny
 from skintumor.data.manifest import DataError
@@ -35,6 +36,17 @@ def test_reopened_run_reproduces_its_test_predictions(tiny_run):
     assert run.classifier.decision_offsets.any()
     _, scores = run.classifier.predict_loader(run.loader("test", batch_size=5), decide=False)
     np.testing.assert_allclose(scores, saved[[f"score_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
+
+
+def test_the_last_epoch_opens_on_request(tiny_run):
+    from skintumor.models.module import load_classifier
+
+    last = FinishedRun.open(tiny_run, "last.ckpt")
+    direct = load_classifier(tiny_run / "checkpoints" / "last.ckpt").state_dict()
+    assert all(torch.equal(v, direct[k]) for k, v in last.classifier.state_dict().items())
+    assert not last.classifier.decision_offsets.any()  # only best.ckpt carries the chosen offsets
+    with pytest.raises(DataError, match=r"epoch3\.ckpt: not a run's checkpoint"):
+        FinishedRun.open(tiny_run, "epoch3.ckpt")
 
 
 def test_a_run_with_a_missing_or_broken_file_names_it(tiny_run, tmp_path):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO, run_train, train_tiny
@@ -75,6 +76,24 @@ def test_checkpoint_rebuilds_without_pickles(trained_run):
     assert model.hparams.image_size == 32 and model.hparams.net["attention"] is True
     alpha = model.hparams.loss["alpha"]
     assert len(alpha) == 3
+
+
+def test_last_checkpoint_is_the_final_epoch_and_resumes(tiny_folder, tmp_path):
+    # a selector that always keeps epoch 0, so last.ckpt must come from elsewhere (Lightning >= 2.6
+    # rewrites save_last's file only when the monitored checkpoint improves)
+    run, pick_first = tmp_path / "r", ("callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min")
+    proc = train_tiny(tiny_folder, run, *pick_first)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def epoch(name):
+        return torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=True)["epoch"]
+
+    assert (epoch("best.ckpt"), epoch("last.ckpt")) == (0, 1)
+    assert json.loads((run / "metrics_val.json").read_text())["checkpoint"] == "checkpoints/best.ckpt"
+    proc = train_tiny(tiny_folder, run, *pick_first, "trainer.max_epochs=3", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (epoch("best.ckpt"), epoch("last.ckpt")) == (0, 2)  # one more epoch, from where it stopped
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_weights_only_checkpoints_are_a_third_and_still_load(trained_run, tiny_folder, tmp_path):

@@ -25,13 +25,13 @@ from skintumor.data.manifest import DataError, Manifest
 from skintumor.models.module import SkinTumorClassifier, load_classifier
 
 PARTS = ("train", "val", "test")
-CHECKPOINT = "checkpoints/best.ckpt"
+CHECKPOINTS = ("best.ckpt", "last.ckpt")
 
 
 @dataclass
 class FinishedRun:
-    """path: the run directory; classifier: ``best.ckpt`` in eval mode; manifest: the run's
-    manifest (root and classes from split.json); rows: manifest rows per part (train, val, test)."""
+    """path: the run directory; classifier: ``best.ckpt`` (or ``last.ckpt``) in eval mode; manifest:
+    the run's manifest (root and classes from split.json); rows: manifest rows per part (train, val, test)."""
 
     path: Path
     classifier: SkinTumorClassifier
@@ -39,12 +39,17 @@ class FinishedRun:
     rows: dict[str, list[int]]
 
     @classmethod
-    def open(cls, run_dir: str | Path) -> FinishedRun:
-        """Read ``run_dir``; DataError naming the file when one is missing or unreadable."""
-        run_dir = Path(run_dir)
+    def open(cls, run_dir: str | Path, checkpoint: str = "best.ckpt") -> FinishedRun:
+        """Read ``run_dir``; DataError naming the file when one is missing or unreadable.
+
+        ``checkpoint="last.ckpt"``: the final epoch's weights instead of the chosen ones; its class
+        offsets were never chosen (zero), only ``best.ckpt`` carries them."""
+        if checkpoint not in CHECKPOINTS:
+            raise DataError(f"{checkpoint}: not a run's checkpoint (one of {', '.join(CHECKPOINTS)})")
+        run_dir, weights = Path(run_dir), f"checkpoints/{checkpoint}"
         # training writes metrics_val.json once best.ckpt is final (decision offsets included):
         # without it the run is still training (best.ckpt may yet change) or was cut short
-        for name in (CHECKPOINT, "manifest.csv", "split.json", "metrics_val.json"):
+        for name in (weights, "manifest.csv", "split.json", "metrics_val.json"):
             if not (run_dir / name).is_file():
                 raise DataError(f"{run_dir / name}: not found (is {run_dir} a finished training run?)")
         try:
@@ -54,9 +59,9 @@ class FinishedRun:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise DataError(f"{run_dir / 'split.json'}: unreadable split ({err})") from None
         manifest = Manifest.from_csv(run_dir / "manifest.csv", root=root, classes=classes)
-        classifier = load_classifier(run_dir / CHECKPOINT)
+        classifier = load_classifier(run_dir / weights)
         if list(classifier.hparams.classes) != manifest.classes:
-            raise DataError(f"{run_dir / CHECKPOINT}: classes {list(classifier.hparams.classes)} "
+            raise DataError(f"{run_dir / weights}: classes {list(classifier.hparams.classes)} "
                             f"differ from split.json's {manifest.classes}")
         return cls(run_dir, classifier, manifest, rows)
 
