@@ -12,7 +12,8 @@ offset-shifted probabilities (each member's offsets chosen on its own validation
 what ``python -m skintumor.report --ensemble`` does with finished sweeps), or choose one set of
 offsets on the members' mean. The test columns apply offsets chosen on the whole validation split;
 the test folds choose nothing. ``--checkpoint last.ckpt`` scores the final epoch's weights instead
-of the ones validation chose (their offsets are chosen the same way).
+of the ones validation chose (their offsets are chosen the same way); ``SWEEP@last.ckpt`` does so for
+one member, so ``A A@last.ckpt B B@last.ckpt`` averages both checkpoints of two seeds.
 """
 from __future__ import annotations
 
@@ -68,21 +69,31 @@ def pooled_cells(y: np.ndarray, decided: np.ndarray, scores: np.ndarray, classes
     return f"{m['auroc_macro']:.3f} | {m['bal_acc']:.3f} | {sens}"
 
 
+def member(spec: str, checkpoint: str) -> tuple[Path, str, str]:
+    """``SWEEP`` or ``SWEEP@last.ckpt`` -> (sweep directory, checkpoint file name, row name)."""
+    path, _, chosen = spec.partition("@")
+    chosen = chosen or checkpoint
+    if chosen not in ("best.ckpt", "last.ckpt"):
+        sys.exit(f"{spec}: the checkpoint after @ must be best.ckpt or last.ckpt")
+    return Path(path), chosen, Path(path).name + ("" if chosen == "best.ckpt" else f" ({chosen})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("members", type=Path, nargs="+")
+    parser.add_argument("members", nargs="+", help="sweep directories, each optionally @best.ckpt or @last.ckpt")
     parser.add_argument("--checkpoint", default="best.ckpt", choices=("best.ckpt", "last.ckpt"),
-                        help="the weights validation chose (default) or the final epoch's")
+                        help="for members without @: the weights validation chose (default) or the final epoch's")
     args = parser.parse_args()
     if len(args.members) < 2:
         parser.error("an ensemble needs at least two sweeps")
-    names = [m.name for m in args.members] + ["ensemble: mean of the members' shifted probabilities (what "
+    members = [member(spec, args.checkpoint) for spec in args.members]
+    names = [name for _, _, name in members] + ["ensemble: mean of the members' shifted probabilities (what "
                                               "`report --ensemble` averages)", "ensemble: offsets chosen on the mean"]
     val = {n: [] for n in names}
     test = {n: ([], [], []) for n in names}  # labels, probabilities with offsets, scores before them
     classes = None
-    for fold_dir in sorted(args.members[0].glob("fold_*")):
-        runs = [FinishedRun.open(m / fold_dir.name, args.checkpoint) for m in args.members]
+    for fold_dir in sorted(members[0][0].glob("fold_*")):
+        runs = [FinishedRun.open(sweep / fold_dir.name, checkpoint) for sweep, checkpoint, _ in members]
         same_split(runs)
         val_p, test_p = [], []  # per member: plain probabilities (offsets zeroed)
         for run in runs:

@@ -72,3 +72,16 @@ def test_members_must_share_their_folds(tiny_sweep, tiny_folder, tmp_path, monke
     monkeypatch.setattr(sys, "argv", ["eval_options.py", str(tiny_sweep), str(other)])
     with pytest.raises(SystemExit, match="rows differ"):
         eval_options.main()
+
+
+def test_ensemble_val_averages_both_checkpoints_of_a_member(tiny_sweep, monkeypatch, capsys):
+    import ensemble_val  # benchmarks/ is on sys.path once eval_options is loaded
+
+    assert ensemble_val.member(f"{tiny_sweep}@last.ckpt", "best.ckpt") == (tiny_sweep, "last.ckpt", "a (last.ckpt)")
+    assert ensemble_val.member(str(tiny_sweep), "last.ckpt")[1] == "last.ckpt"
+    with pytest.raises(SystemExit, match="must be best.ckpt or last.ckpt"):
+        ensemble_val.member(f"{tiny_sweep}@epoch3.ckpt", "best.ckpt")
+    monkeypatch.setattr(sys, "argv", ["ensemble_val.py", str(tiny_sweep), f"{tiny_sweep}@last.ckpt"])
+    assert ensemble_val.main() == 0
+    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows[:2] == ["| a", "| a (last.ckpt)"] and len(rows) == 4

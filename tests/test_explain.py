@@ -91,11 +91,28 @@ def test_branch_cam_decomposes_the_logit():
 def test_every_map_at_input_resolution_in_unit_range():
     net = AttentionGatedResNet18(num_classes=3).eval()
     maps = explain_batch(net, torch.randn(2, 1, 64, 64), [1, 1], rng=np.random.default_rng(0))
-    assert set(maps) == {"gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "random"}
+    assert set(maps) == {"gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "random"}  # no decoder
     for m in maps.values():
         assert m.shape == (2, 64, 64) and m.min() >= 0 and m.max() <= 1
     plain = explain_batch(AttentionGatedResNet18(3, attention=False).eval(), torch.randn(1, 1, 64, 64), [0])
     assert "gate2" not in plain and "gradcam" in plain
+
+
+def test_decoder_map_shows_where_the_decoder_outlines_the_lesion():
+    net = AttentionGatedResNet18(num_classes=3, lesion_decoder=True).eval()
+    x = torch.randn(2, 1, 64, 64)
+    plain = explain_batch(net, x, [0, 1], methods=("decoder", "gate2"))
+    assert set(plain) == {"decoder", "gate2"} and plain["decoder"].shape == (2, 64, 64)
+    # a decoder whose logits (B, 1, 8, 8) are high in one cell only: the map peaks over that cell's pixels
+    blob = torch.full((2, 1, 8, 8), -6.0)
+    blob[:, :, 5, 2] = 6.0
+    net.lesion_decoder.forward = lambda *features: blob
+    outline = explain_batch(net, x, [0, 1], methods=("decoder",))["decoder"]
+    for m in outline:
+        r, c = np.unravel_index(np.argmax(m), m.shape)
+        assert 5 * 8 <= r < 6 * 8 and 2 * 8 <= c < 3 * 8
+        assert m.min() == 0 and m.max() == pytest.approx(1)
+    assert "decoder" not in explain_batch(AttentionGatedResNet18(3).eval(), x, [0, 1], methods=("decoder",))
 
 
 # -- metrics on hand-made maps --------------------------------------------------------------------

@@ -398,6 +398,23 @@ def test_ensemble_averages_members_and_beats_them_on_independent_noise(tmp_path)
     assert report_main(["--ensemble", str(out), *map(str, members)]) == 2
 
 
+def test_an_ensemble_report_names_every_member_and_its_overrides(tmp_path):
+    members = [make_sweep(tmp_path / f"m{s}", model_seed=s, n_folds=3) for s in (1, 2)]
+    for s, member in zip((1, 2), members):
+        for k in range(3):
+            (member / f"fold_{k}" / ".hydra" / "overrides.yaml").write_text(f"- seed={s}\n- data.fold={k}\n")
+    out = tmp_path / "ens"
+    assert report_main(["--ensemble", str(out), *map(str, members), "--n-boot", "100"]) == 0
+    ens = load_sweep(out)
+    # its .hydra is copied from the first member; saying "run with seed=1" would misdescribe it
+    assert ens.overrides == [] and ens.members == {"m1": ["seed=1"], "m2": ["seed=2"]}
+    report = (out / "report.md").read_text()
+    assert "`m1`: `seed=1`" in report and "`m2`: `seed=2`" in report and "Run with:" not in report
+    build_comparison(members[0], out, out_dir=tmp_path / "cmp", n_boot=20, console=quiet_console())
+    comparison = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "A run with: `seed=1`" in comparison and "B is an ensemble of: `m1` run with `seed=1`; `m2`" in comparison
+
+
 def test_ensemble_refuses_members_with_other_test_images(tmp_path):
     from skintumor.evaluate.ensemble import ensemble_sweeps
 

@@ -137,7 +137,7 @@ def compare_sweeps(a: Sweep, b: Sweep, n_boot: int = 2000, seed: int = 0, level_
     ta, tb, notes = aligned_predictions(a, b)
     shared = sorted(set(ta["fold"]))
     result = {"a": str(a.directory), "b": str(b.directory), "name_a": a.name, "name_b": b.name,
-              "overrides_a": a.overrides, "overrides_b": b.overrides,
+              "overrides_a": a.overrides, "overrides_b": b.overrides, "members_a": a.members, "members_b": b.members,
               "classes": a.classes, "folds": shared, "notes": notes,
               "missing_a": {str(k): v for k, v in a.missing.items()}, "missing_b": {str(k): v for k, v in b.missing.items()},
               "bootstrap": {"replicates": n_boot, "seed": seed, "level": level_ci, "unit": "group_id", "paired": True},
@@ -191,6 +191,10 @@ def comparison_document(result: dict) -> Document:
     for tag in ("a", "b"):
         if result[f"overrides_{tag}"]:
             doc.text(f"{tag.upper()} run with: `" + " ".join(result[f"overrides_{tag}"]) + "`")
+        members = result.get(f"members_{tag}") or {}
+        if members:
+            doc.text(f"{tag.upper()} is an ensemble of: " + "; ".join(
+                f"`{name}`" + (" run with `" + " ".join(o) + "`" if o else "") for name, o in members.items()))
     for tag in ("a", "b"):
         for k, reason in sorted(result[f"missing_{tag}"].items()):
             doc.warning(f"fold {k} is missing in {result['name_' + tag]}: {reason}. It is left out of the comparison.")

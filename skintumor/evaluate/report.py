@@ -72,6 +72,8 @@ class Sweep:
         explain: fold -> link (relative to the sweep directory) to the fold's explanation overlays.
         overrides: the Hydra command-line overrides of the runs (from ``.hydra/overrides.yaml``,
             without ``data.fold``), so a reader knows what was trained.
+        members: for an ensemble (``ensemble.json``), each member sweep's directory name -> its
+            overrides; ``overrides`` is then empty (the copied ``.hydra`` is the first member's).
     """
 
     directory: Path
@@ -83,6 +85,7 @@ class Sweep:
     warnings: list[str] = field(default_factory=list)
     explain: dict[int, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    members: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -246,6 +249,9 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep.explain = {k: f"{fold_dirs[k].name}/explain/" for k in sorted(folds)
                      if (fold_dirs[k] / "explain").is_dir()}
     sweep.overrides = _overrides(fold_dirs[min(folds)])
+    sweep.members = _ensemble_members(sweep_dir, min(folds))
+    if sweep.members:
+        sweep.overrides = []
     return sweep
 
 
@@ -268,6 +274,20 @@ def _overrides(run_dir: Path) -> list[str]:
     except (OSError, yaml.YAMLError):
         return []
     return [str(o) for o in (listed or []) if not str(o).startswith("data.fold=")]
+
+
+def _ensemble_members(sweep_dir: Path, fold: int) -> dict[str, list[str]]:
+    """Member directory name -> its overrides (read from the member's fold), for a sweep that
+    ``ensemble_sweeps`` wrote; empty for any other sweep or an unreadable ``ensemble.json``."""
+    try:
+        listed = json.loads((sweep_dir / "ensemble.json").read_text(encoding="utf-8"))["members"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    members = {}
+    for member in map(Path, listed):
+        name = member.name if member.name not in members else str(member)  # member_1 under two sweeps
+        members[name] = _overrides(member / f"fold_{fold}")
+    return members
 
 
 def _overlap_warnings(sweep: Sweep) -> list[str]:
@@ -321,7 +341,7 @@ def evaluate_sweep(sweep: Sweep, n_boot: int = 2000, seed: int = 0, level_ci: fl
     result = {
         "sweep_dir": str(sweep.directory), "classes": sweep.classes, "folds_expected": sweep.expected,
         "folds_used": sorted(sweep.folds), "folds_missing": {str(k): v for k, v in sorted(sweep.missing.items())},
-        "coverage": sweep.coverage(), "overrides": sweep.overrides, "notes": sweep.notes, "warnings": sweep.warnings, "explain": {str(k): v for k, v in sweep.explain.items()},
+        "coverage": sweep.coverage(), "overrides": sweep.overrides, "members": sweep.members, "notes": sweep.notes, "warnings": sweep.warnings, "explain": {str(k): v for k, v in sweep.explain.items()},
         "bootstrap": {"replicates": n_boot, "seed": seed, "level": level_ci, "unit": "group_id (patient merged "
                       "with its near-duplicates)", "interval": "percentile"},
         "ece_bins": n_bins,
@@ -411,6 +431,9 @@ def report_document(sweep: Sweep, result: dict, figure_paths: dict[str, str]) ->
              f"({result['n_groups']} duplicate-aware groups), classes {', '.join(classes)}.")
     if sweep.overrides:
         doc.text("Run with: `" + " ".join(sweep.overrides) + "`")
+    if sweep.members:
+        doc.text(f"Ensemble of {len(sweep.members)} sweeps (mean of their probabilities per test image):")
+        doc.bullets([f"`{name}`" + (": `" + " ".join(o) + "`" if o else "") for name, o in sweep.members.items()])
     if result["n_patients"] == result["n_images"]:
         doc.text("Note: every patient has a single image here (no patient ids?), so the patient level "
                  "repeats the image level.")

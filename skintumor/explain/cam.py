@@ -5,6 +5,9 @@ Methods (:data:`METHODS`):
                                   (default ``layer4``), for a target class per image.
     branch_cam                    the study's class activation map of the fused linear heads (below).
     gate2, gate3                  the two attention gates' maps (class-independent).
+    decoder                       where the lesion decoder (``lesion_decoder=True``) outlines the lesion:
+                                  its per-cell probability, upsampled (class-independent; not an
+                                  attribution of the decision, but what the trunk learned to find).
     random                        sanity baseline: uniform noise drawn on the target layer's grid and
                                   upsampled, so it is as smooth as a CAM but knows nothing.
 
@@ -39,7 +42,8 @@ from torch import nn
 from skintumor.models.attention_resnet import AttentionGatedResNet18
 
 GRADIENT_METHODS = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus}
-METHODS = ("gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "random")
+METHODS = ("gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "decoder", "random")
+MODEL_MAPS = ("gate2", "gate3", "decoder")  # left out for a network without gates or decoder
 
 
 class LogitsOnly(nn.Module):
@@ -148,6 +152,18 @@ def gate_maps(model: nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
     return {name: normalise(m[:, 0].float().cpu().numpy()) for name, m in maps.items()}
 
 
+@torch.no_grad()
+def decoder_map(model: nn.Module, x: torch.Tensor) -> np.ndarray | None:
+    """The lesion decoder's probability per pixel (sigmoid of its logits, upsampled bilinearly to the
+    input), min-max scaled as the other maps: (B,1,H,W) -> (B, H, W) in [0, 1]; None without a decoder."""
+    net = network(model).eval()
+    if getattr(net, "lesion_decoder", None) is None:
+        return None
+    logits = net.forward_details(x.float()).lesion_logits  # (B, 1, H/s, W/s)
+    probs = torch.sigmoid(F.interpolate(logits.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False))
+    return normalise(probs[:, 0].cpu().numpy())
+
+
 def random_maps(n: int, size: tuple[int, int], grid: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Sanity baseline: (n, H, W) uniform noise on a ``grid`` (the target layer's), upsampled bilinearly."""
     noise = torch.from_numpy(rng.random((n, 1, *grid), dtype=np.float32))
@@ -174,7 +190,7 @@ def explain_batch(model: nn.Module, x: torch.Tensor, targets: list[int], methods
                   target_layer: str = "layer4", rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """Every requested map for a batch: method -> (B, H, W) float32 in [0, 1].
 
-    Methods the model cannot give (gates on a plain ResNet18) are left out.
+    Methods the model cannot give (gates on a plain ResNet18, decoder without one) are left out.
     """
     out: dict[str, np.ndarray] = {}
     gates = gate_maps(model, x) if {"gate2", "gate3"} & set(methods) else {}
@@ -185,9 +201,13 @@ def explain_batch(model: nn.Module, x: torch.Tensor, targets: list[int], methods
             out[method] = branch_cam(model, x, targets)
         elif method in gates:
             out[method] = gates[method]
+        elif method == "decoder":
+            outline = decoder_map(model, x)
+            if outline is not None:
+                out[method] = outline
         elif method == "random":
             rng = rng if rng is not None else np.random.default_rng(0)
             out[method] = random_maps(len(x), x.shape[-2:], layer_grid(model, x, target_layer), rng)
-        elif method not in ("gate2", "gate3"):
+        elif method not in MODEL_MAPS:
             raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
     return out
