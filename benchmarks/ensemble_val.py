@@ -25,7 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from skintumor.evaluate.finished_run import FinishedRun  # noqa: E402
+from skintumor.evaluate.finished_run import CHECKPOINTS, FinishedRun  # noqa: E402
 from skintumor.evaluate.metrics import classification_metrics  # noqa: E402
 from skintumor.models.decision import balanced_offsets, cross_fitted, shift_probabilities  # noqa: E402
 
@@ -73,15 +73,15 @@ def member(spec: str, checkpoint: str) -> tuple[Path, str, str]:
     """``SWEEP`` or ``SWEEP@last.ckpt`` -> (sweep directory, checkpoint file name, row name)."""
     path, _, chosen = spec.partition("@")
     chosen = chosen or checkpoint
-    if chosen not in ("best.ckpt", "last.ckpt"):
-        sys.exit(f"{spec}: the checkpoint after @ must be best.ckpt or last.ckpt")
+    if chosen not in CHECKPOINTS:
+        sys.exit(f"{spec}: the checkpoint after @ must be {' or '.join(CHECKPOINTS)}")
     return Path(path), chosen, Path(path).name + ("" if chosen == "best.ckpt" else f" ({chosen})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("members", nargs="+", help="sweep directories, each optionally @best.ckpt or @last.ckpt")
-    parser.add_argument("--checkpoint", default="best.ckpt", choices=("best.ckpt", "last.ckpt"),
+    parser.add_argument("--checkpoint", default="best.ckpt", choices=CHECKPOINTS,
                         help="for members without @: the weights validation chose (default) or the final epoch's")
     args = parser.parse_args()
     if len(args.members) < 2:

@@ -248,10 +248,8 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep.warnings = warnings + _overlap_warnings(sweep)
     sweep.explain = {k: f"{fold_dirs[k].name}/explain/" for k in sorted(folds)
                      if (fold_dirs[k] / "explain").is_dir()}
-    sweep.overrides = _overrides(fold_dirs[min(folds)])
     sweep.members = _ensemble_members(sweep_dir, min(folds))
-    if sweep.members:
-        sweep.overrides = []
+    sweep.overrides = [] if sweep.members else _overrides(fold_dirs[min(folds)])
     return sweep
 
 
