@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -90,6 +91,7 @@ def main() -> int:
     names = [name for _, _, name in members] + ["ensemble: mean of the members' shifted probabilities (what "
                                               "`report --ensemble` averages)", "ensemble: offsets chosen on the mean"]
     val = {n: [] for n in names}
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a lent GPU predicts (same scores up to float rounding)
     test = {n: ([], [], []) for n in names}  # labels, probabilities with offsets, scores before them
     classes = None
     for fold_dir in sorted(members[0][0].glob("fold_*")):
@@ -97,7 +99,7 @@ def main() -> int:
         same_split(runs)
         val_p, test_p = [], []  # per member: plain probabilities (offsets zeroed)
         for run in runs:
-            model, loaders = run.classifier, {part: run.loader(part) for part in ("val", "test")}
+            model, loaders = run.classifier.to(device), {part: run.loader(part) for part in ("val", "test")}
             model.decision_offsets.zero_()  # plain probabilities; offsets are chosen below
             classes = model.hparams.classes
             yv, pv = model.predict_loader(loaders["val"])

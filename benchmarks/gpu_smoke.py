@@ -2,12 +2,13 @@
 
     python benchmarks/gpu_smoke.py --out DIR [--sizes 128 224] [--batch 64] [--steps 50]
 
-1. Throughput: the recipe's network, focal loss and AdamW on random 1-channel images already on
+1. Smoke: ``python -m skintumor.train trainer=gpu`` (bf16-mixed, channels_last) for 2 epochs on the
+   data given with ``--data``, which must write a checkpoint and test metrics (first, so that a time
+   limit cuts the throughput rows, not the smoke test).
+2. Throughput: the recipe's network, focal loss and AdamW on random 1-channel images already on
    the GPU (the data path is measured by the ablation runs instead), for fp32 / bf16 autocast, each
    with and without channels_last. Configurations alternate (A B C D A B C D) so clock and
    neighbour noise hits them alike; images/s is the median over repeats, with CUDA synchronised.
-2. Smoke: ``python -m skintumor.train trainer=gpu`` (bf16-mixed, channels_last) for 2 epochs on the
-   data given with ``--data``, which must write a checkpoint and test metrics.
 Writes ``DIR/gpu_smoke.json``.
 """
 from __future__ import annotations
@@ -75,18 +76,7 @@ def main() -> int:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
               "steps": args.steps, "command": "python benchmarks/gpu_smoke.py " + " ".join(sys.argv[1:]),
               "throughput_img_per_s": {}}
-    configs = [(bf16, cl) for bf16 in (False, True) for cl in (False, True)]
-    for size in args.sizes:
-        samples = {c: [] for c in configs}
-        for _ in range(args.repeats):
-            for bf16, cl in configs:
-                samples[(bf16, cl)].append(steps_per_second(size, args.batch, args.steps, bf16, cl) * args.batch)
-        table = {f"{'bf16' if bf16 else 'fp32'}{'+channels_last' if cl else ''}": round(float(np.median(v)), 1)
-                 for (bf16, cl), v in samples.items()}
-        result["throughput_img_per_s"][f"{size}px"] = table
-        print(size, table, flush=True)
-        save(args.out, result)  # a run cut short by its time limit keeps what it measured
-
+    # the training smoke run first: under a time limit it is the part that must not be lost
     run_dir = args.out / "smoke_run"
     command = [sys.executable, "-m", "skintumor.train", "trainer=gpu", "logger=csv", "callbacks.progress_bar=null",
                "trainer.max_epochs=2", *args.data, f"hydra.run.dir={run_dir}"]
@@ -100,7 +90,21 @@ def main() -> int:
                        "precision": "bf16-mixed (trainer=gpu)", "tail": proc.stderr[-1500:] if proc.returncode else ""}
     print(json.dumps(result["smoke"], indent=1)[:1500], flush=True)
     save(args.out, result)
-    return 0 if proc.returncode == 0 and result["smoke"]["checkpoint"] else 1
+
+    configs = [(bf16, cl) for bf16 in (False, True) for cl in (False, True)]
+    for size in args.sizes:
+        samples = {c: [] for c in configs}
+        for _ in range(args.repeats):
+            for bf16, cl in configs:
+                samples[(bf16, cl)].append(steps_per_second(size, args.batch, args.steps, bf16, cl) * args.batch)
+        table = {f"{'bf16' if bf16 else 'fp32'}{'+channels_last' if cl else ''}": round(float(np.median(v)), 1)
+                 for (bf16, cl), v in samples.items()}
+        result["throughput_img_per_s"][f"{size}px"] = table
+        print(size, table, flush=True)
+        save(args.out, result)  # a run cut short by its time limit keeps what it measured
+
+    ok = proc.returncode == 0 and result["smoke"]["checkpoint"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

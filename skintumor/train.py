@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from skintumor.augment import build_augmentation
 from skintumor.cli import one_line_user_errors
 from skintumor.data.manifest import DataError
+from skintumor.errors import ConfigError
 from skintumor.evaluate.predictions import write_predictions
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,14 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit on the fold's training part, select on its validation part, test once. Returns the best
+    """Fit on the fold's training part, select on its validation part, test once. Returns the chosen
     validation score (what a Hydra sweeper would optimise)."""
     out = Path(cfg.paths.output_dir)
+    which = cfg.get("test_checkpoint", "best")
+    if which not in ("best", "last"):
+        raise ConfigError(f"test_checkpoint={which}: must be best or last")
+    if which == "last" and not (cfg.get("callbacks") or {}).get("last_checkpoint"):
+        raise ConfigError("test_checkpoint=last needs callbacks.last_checkpoint (it writes the final epoch)")
     if (out / "checkpoints").exists() and not cfg.get("ckpt_path"):
         raise DataError(f"{out}: run directory already holds checkpoints; runs are never overwritten")
     L.seed_everything(cfg.seed, workers=True)
@@ -56,44 +62,57 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    # the checkpoint callback with a monitor writes best.ckpt (the other one keeps last.ckpt for resuming)
-    selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
-    best = selector.best_model_path if selector else ""
-    best_score = selector.best_model_score if selector else None
+    chosen, score = tested_checkpoint(trainer, which)
 
-    if best:
+    if chosen:
         # what the selection saw: the chosen checkpoint's scores on the inner validation split
-        validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+        validated = trainer.validate(model, datamodule=datamodule, ckpt_path=chosen, verbose=False)
         val_metrics = {k: float(v) for k, v in (validated[0] if validated else {}).items()}
-        val_metrics["checkpoint"] = os.path.relpath(best, out)
+        monitors = [c.monitor for c in trainer.checkpoint_callbacks if c.monitor]
+        if score is None and monitors:  # the final epoch: its own validation score
+            score = val_metrics.get(monitors[0])
+        val_metrics["checkpoint"] = os.path.relpath(chosen, out)
         if model.hparams.decision == "balanced":
             # where the decision falls between classes, chosen on the validation split, kept in the checkpoint
             offsets = model.choose_decision_offsets(datamodule.val_dataloader())
             val_metrics |= {f"decision_offset_{c}": float(o) for c, o in zip(datamodule.classes, offsets)}
             if trainer.is_global_zero:
-                checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+                checkpoint = torch.load(chosen, map_location="cpu", weights_only=False)
                 checkpoint["state_dict"]["decision_offsets"] = torch.as_tensor(offsets, dtype=torch.float32)
-                torch.save(checkpoint, best)
+                torch.save(checkpoint, chosen)
                 log.info("decision offsets chosen on validation: %s", dict(zip(datamodule.classes, offsets.round(2))))
             trainer.strategy.barrier()
         if trainer.is_global_zero:
             (out / "metrics_val.json").write_text(json.dumps(val_metrics, indent=2))
 
     if cfg.get("test", True):
-        # the test fold is read once, by the checkpoint the validation split chose
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        # the test fold is read once, by the checkpoint chosen above (its class offsets set on validation)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=chosen or None, verbose=False)
         rows, probs, scores = model.test_predictions
         if trainer.is_global_zero:
             shifted = bool(model.decision_offsets.any())  # else the scores are the probabilities
             write_predictions(datamodule.manifest, rows, probs, out / "predictions_test.csv",
                               scores=scores if shifted else None)
             metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-            metrics["checkpoint"] = os.path.relpath(best, out) if best else "final weights (no checkpoint)"
+            metrics["checkpoint"] = os.path.relpath(chosen, out) if chosen else "final weights (no checkpoint)"
             (out / "metrics_test.json").write_text(json.dumps(metrics, indent=2))
     for logger in loggers:
         if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()
-    return float(best_score) if best_score is not None else None
+    return float(score) if score is not None else None
+
+
+def tested_checkpoint(trainer: L.Trainer, which: str) -> tuple[str, float | None]:
+    """The checkpoint the run validates, decides with and tests -> (path, selection score or None).
+
+    ``best``: the epoch the monitored callback chose on the validation split (best.ckpt); ``last``: the
+    final epoch (last.ckpt, written by the callback without a monitor), for recipes where picking an
+    epoch on a small validation split overfits it (benchmarks/RESULTS.md, stage 17)."""
+    callbacks = {bool(c.monitor): c for c in trainer.checkpoint_callbacks}
+    if which == "last" and False in callbacks:
+        return callbacks[False].best_model_path, None  # without a monitor, its "best" is the latest epoch
+    selector = callbacks.get(True)
+    return (selector.best_model_path, selector.best_model_score) if selector else ("", None)
 
 
 if __name__ == "__main__":

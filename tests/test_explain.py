@@ -235,6 +235,7 @@ def test_explain_command_writes_overlays_and_statistics(masked_run, capsys):
     assert table["road"].notna().sum() == 2 * 7 and "calcification" in table
     result = json.loads((out / "agreement.json").read_text())
     assert result["n_with_mask"] == n_test and result["settings"]["tolerance_px"] == 2
+    assert result["checkpoint"] == "checkpoints/best.ckpt"  # the one the run tested
     rows = pd.DataFrame(result["agreement"])
     assert {"all", "cyst"} <= set(rows["subset"]) and set(rows["baseline"]) == {"random", "centre"}
     assert rows["p"].between(0, 1).all() and rows["r"].between(-1, 1).all()
@@ -243,7 +244,7 @@ def test_explain_command_writes_overlays_and_statistics(masked_run, capsys):
     assert explain_main([str(masked_run)]) == 2
     assert explain_main([str(masked_run / "nothing")]) == 2
     err = capsys.readouterr().err
-    assert "already holds explanations" in err and "best.ckpt: not found" in err and "Traceback" not in err
+    assert "already holds explanations" in err and "metrics_val.json: not found" in err and "Traceback" not in err
 
 
 def test_explain_with_chosen_methods_still_has_its_random_baseline(masked_run, tmp_path):

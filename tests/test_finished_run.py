@@ -58,6 +58,7 @@ def test_a_run_with_a_missing_or_broken_file_names_it(tiny_run, tmp_path):
     (copy / "metrics_val.json").unlink()  # what a fold still training looks like
     with pytest.raises(DataError, match=r"metrics_val\.json: not found \(is .* a finished training run\?\)"):
         FinishedRun.open(copy)
+    shutil.copy(tiny_run / "metrics_val.json", copy)
     (copy / "checkpoints" / "best.ckpt").unlink()
     with pytest.raises(DataError, match=r"best\.ckpt: not found \(is .* a finished training run\?\)"):
         FinishedRun.open(copy)

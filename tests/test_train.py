@@ -2,12 +2,14 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, run_train, train_tiny
+from conftest import CLASSES, REPO, run_train, train_tiny
+from skintumor.evaluate.finished_run import FinishedRun
 from skintumor.models.module import load_classifier
 
 CONF = REPO / "conf"
@@ -96,6 +98,30 @@ def test_last_checkpoint_is_the_final_epoch_and_resumes(tiny_folder, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+def test_test_checkpoint_last_validates_decides_and_tests_the_final_epoch(tiny_folder, tmp_path):
+    # experiment=recipe's setting; the selector keeps epoch 0, so the two checkpoints differ
+    run = tmp_path / "r"
+    proc = train_tiny(tiny_folder, run, "test_checkpoint=last", "model.decision=balanced",
+                      "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    val, test = (json.loads((run / f"metrics_{part}.json").read_text()) for part in ("val", "test"))
+    assert val["checkpoint"] == test["checkpoint"] == "checkpoints/last.ckpt"
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert (best["epoch"], last["epoch"]) == (0, 1)
+    offsets = [val[f"decision_offset_{c}"] for c in CLASSES]
+    assert last["state_dict"]["decision_offsets"].tolist() == pytest.approx(offsets)
+    assert not best["state_dict"]["decision_offsets"].any()  # chosen for the tested checkpoint only
+    # a reopened run (explain, ensembles) uses what was tested, and reproduces its predictions
+    opened = FinishedRun.open(run)
+    assert opened.checkpoint == "last.ckpt"
+    _, p = opened.classifier.predict_loader(opened.loader("test", batch_size=5))
+    saved = pd.read_csv(run / "predictions_test.csv").set_index("path")
+    saved = saved.loc[opened.manifest.subset(opened.rows["test"]).table["path"]]
+    np.testing.assert_allclose(p, saved[[f"p_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
+    assert FinishedRun.open(run, "best.ckpt").checkpoint == "best.ckpt"
+
+
 def test_weights_only_checkpoints_are_a_third_and_still_load(trained_run, tiny_folder, tmp_path):
     # the disk saver the README offers: no Adam state (so no resuming), same classifier
     proc = train_tiny(tiny_folder, tmp_path / "w", "callbacks.model_checkpoint.save_weights_only=true")
@@ -133,10 +159,12 @@ def test_bad_data_is_one_clear_line(tmp_path):
     ("data.sampler=uniform", "config error: data.sampler must be one of"),
     ("model.tta=vflip", "config error: model.tta must be one of"),
     ("+data.options.patient_csv=p.csv", "config error: data source 'folder' has no option patient_csv"),
+    ("test_checkpoint=final", "config error: test_checkpoint=final: must be best or last"),
+    ("test_checkpoint=last callbacks.last_checkpoint=null", "config error: test_checkpoint=last needs callbacks.last_checkpoint"),
 ])
 def test_a_setting_that_cannot_work_is_one_clear_line(tiny_folder, tmp_path, setting, message):
     proc = run_train("data=folder", f"data.root={tiny_folder}", "data.image_size=32", "data.n_folds=3", "debug=fdr",
-                     setting, f"hydra.run.dir={tmp_path / 'r'}")
+                     *setting.split(), f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
 

@@ -28,28 +28,43 @@ PARTS = ("train", "val", "test")
 CHECKPOINTS = ("best.ckpt", "last.ckpt")
 
 
+def tested_checkpoint_name(run_dir: Path) -> str:
+    """The checkpoint file a finished run tested, as ``metrics_val.json`` records it (best.ckpt if unreadable)."""
+    try:
+        return Path(json.loads((run_dir / "metrics_val.json").read_text())["checkpoint"]).name
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "best.ckpt"
+
+
 @dataclass
 class FinishedRun:
-    """path: the run directory; classifier: ``best.ckpt`` (or ``last.ckpt``) in eval mode; manifest:
-    the run's manifest (root and classes from split.json); rows: manifest rows per part (train, val, test)."""
+    """path: the run directory; classifier: the tested checkpoint (or the one asked for) in eval mode; manifest:
+    the run's manifest (root and classes from split.json); rows: manifest rows per part (train, val, test);
+    checkpoint: the file name of the classifier's weights (best.ckpt or last.ckpt)."""
 
     path: Path
     classifier: SkinTumorClassifier
     manifest: Manifest
     rows: dict[str, list[int]]
+    checkpoint: str = "best.ckpt"
 
     @classmethod
-    def open(cls, run_dir: str | Path, checkpoint: str = "best.ckpt") -> FinishedRun:
+    def open(cls, run_dir: str | Path, checkpoint: str | None = None) -> FinishedRun:
         """Read ``run_dir``; DataError naming the file when one is missing or unreadable.
 
-        ``checkpoint="last.ckpt"``: the final epoch's weights instead of the chosen ones; its class
-        offsets were never chosen (zero), only ``best.ckpt`` carries them."""
+        ``checkpoint``: None, the one the run tested (``test_checkpoint``: best.ckpt unless the run
+        was trained with ``test_checkpoint=last``), which carries the class offsets; or a name of
+        :data:`CHECKPOINTS` (the other one's offsets were never chosen: zero)."""
+        run_dir = Path(run_dir)
+        # training writes metrics_val.json once the tested checkpoint is final (decision offsets
+        # included): without it the run is still training or was cut short
+        if not (run_dir / "metrics_val.json").is_file():
+            raise DataError(f"{run_dir / 'metrics_val.json'}: not found (is {run_dir} a finished training run?)")
+        checkpoint = checkpoint or tested_checkpoint_name(run_dir)
         if checkpoint not in CHECKPOINTS:
             raise DataError(f"{checkpoint}: not a run's checkpoint (one of {', '.join(CHECKPOINTS)})")
-        run_dir, weights = Path(run_dir), f"checkpoints/{checkpoint}"
-        # training writes metrics_val.json once best.ckpt is final (decision offsets included):
-        # without it the run is still training (best.ckpt may yet change) or was cut short
-        for name in (weights, "manifest.csv", "split.json", "metrics_val.json"):
+        weights = f"checkpoints/{checkpoint}"
+        for name in (weights, "manifest.csv", "split.json"):
             if not (run_dir / name).is_file():
                 raise DataError(f"{run_dir / name}: not found (is {run_dir} a finished training run?)")
         try:
@@ -63,7 +78,7 @@ class FinishedRun:
         if list(classifier.hparams.classes) != manifest.classes:
             raise DataError(f"{run_dir / weights}: classes {list(classifier.hparams.classes)} "
                             f"differ from split.json's {manifest.classes}")
-        return cls(run_dir, classifier, manifest, rows)
+        return cls(run_dir, classifier, manifest, rows, checkpoint)
 
     @property
     def cropped(self) -> bool:

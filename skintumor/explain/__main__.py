@@ -15,7 +15,7 @@ from skintumor.explain.run import ExplainSettings, explain_run
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skintumor.explain", description=__doc__)
-    parser.add_argument("run_dir", help="a training run directory (checkpoints/best.ckpt, manifest.csv, split.json)")
+    parser.add_argument("run_dir", help="a training run directory (its tested checkpoint, manifest.csv, split.json)")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/explain)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated maps (default {','.join(METHODS)}; "
                         "random is always added: it is every test's baseline)")

@@ -1,8 +1,9 @@
 """Explain a trained run's test fold: maps, overlays, galleries, agreement and faithfulness statistics.
 
-``explain_run(run_dir)`` reads ``checkpoints/best.ckpt`` (tensors and plain data only), ``manifest.csv``
-and ``split.json``, decodes the test images exactly as training did (same size, same normalisation,
-the scan-area crop if the run used it),
+``explain_run(run_dir)`` reads the checkpoint the run tested (``checkpoints/best.ckpt``, or ``last.ckpt``
+after ``test_checkpoint=last``; tensors and plain data only), ``manifest.csv`` and ``split.json``,
+decodes the test images exactly as training did (same size, same normalisation, the scan-area crop
+if the run used it),
 and writes into ``run_dir/explain/``:
 
     overlays/<k>_<name>.png   one figure per test image (image, every map, lesion outline, classes)
@@ -136,7 +137,7 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
     findings = agr.findings_tests(per_image[per_image["has_mask"]], shown)
     metrics_file = run_dir / "metrics_test.json"
     result = {
-        "run_dir": str(run_dir), "checkpoint": "checkpoints/best.ckpt", "image_size": int(hp.image_size),
+        "run_dir": str(run_dir), "checkpoint": f"checkpoints/{run.checkpoint}", "image_size": int(hp.image_size),
         "classes": classes, "n_test": len(test), "n_with_mask": int(sum(m is not None and m.any() for m in masks)),
         "settings": {"methods": list(methods), "target": settings.target, "target_layer": settings.target_layer,
                      "tolerance_px": settings.tolerance if settings.tolerance is not None else agr.default_tolerance(int(hp.image_size)),
