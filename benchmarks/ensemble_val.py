@@ -90,8 +90,8 @@ def main() -> int:
     members = [member(spec, args.checkpoint) for spec in args.members]
     names = [name for _, _, name in members] + ["ensemble: mean of the members' shifted probabilities (what "
                                               "`report --ensemble` averages)", "ensemble: offsets chosen on the mean"]
-    val = {n: [] for n in names}
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a lent GPU predicts (same scores up to float rounding)
+    val = {n: [] for n in names}
     test = {n: ([], [], []) for n in names}  # labels, probabilities with offsets, scores before them
     classes = None
     for fold_dir in sorted(members[0][0].glob("fold_*")):

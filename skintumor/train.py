@@ -62,15 +62,16 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    chosen, score = tested_checkpoint(trainer, which)
+    selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # writes best.ckpt
+    chosen = tested_checkpoint(trainer, which)
+    score = selector.best_model_score if selector and which == "best" else None
 
     if chosen:
         # what the selection saw: the chosen checkpoint's scores on the inner validation split
         validated = trainer.validate(model, datamodule=datamodule, ckpt_path=chosen, verbose=False)
         val_metrics = {k: float(v) for k, v in (validated[0] if validated else {}).items()}
-        monitors = [c.monitor for c in trainer.checkpoint_callbacks if c.monitor]
-        if score is None and monitors:  # the final epoch: its own validation score
-            score = val_metrics.get(monitors[0])
+        if score is None and selector:  # the final epoch: its own validation score
+            score = val_metrics.get(selector.monitor)
         val_metrics["checkpoint"] = os.path.relpath(chosen, out)
         if model.hparams.decision == "balanced":
             # where the decision falls between classes, chosen on the validation split, kept in the checkpoint
@@ -102,18 +103,15 @@ def train(cfg: DictConfig) -> float | None:
     return float(score) if score is not None else None
 
 
-def tested_checkpoint(trainer: L.Trainer, which: str) -> tuple[str, float | None]:
-    """The checkpoint the run validates, decides with and tests -> (path, selection score or None).
+def tested_checkpoint(trainer: L.Trainer, which: str) -> str:
+    """Path of the checkpoint the run validates, decides with and tests ("" when none was written).
 
     ``best``: the epoch the monitored callback chose on the validation split (best.ckpt); ``last``: the
     final epoch (last.ckpt, written by the callback without a monitor), for recipes where picking an
     epoch on a small validation split overfits it (benchmarks/RESULTS.md, stage 17)."""
-    callbacks = {bool(c.monitor): c for c in trainer.checkpoint_callbacks}
-    if which == "last" and False in callbacks:
-        return callbacks[False].best_model_path, None  # without a monitor, its "best" is the latest epoch
-    selector = callbacks.get(True)
-    return (selector.best_model_path, selector.best_model_score) if selector else ("", None)
-
+    wanted = (c for c in trainer.checkpoint_callbacks if bool(c.monitor) == (which == "best"))
+    callback = next(wanted, None)
+    return callback.best_model_path if callback else ""  # without a monitor, its "best" is the latest epoch
 
 if __name__ == "__main__":
     main()

@@ -46,7 +46,7 @@ class FinishedRun:
     classifier: SkinTumorClassifier
     manifest: Manifest
     rows: dict[str, list[int]]
-    checkpoint: str = "best.ckpt"
+    checkpoint: str
 
     @classmethod
     def open(cls, run_dir: str | Path, checkpoint: str | None = None) -> FinishedRun:
