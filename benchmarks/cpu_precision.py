@@ -3,8 +3,9 @@
     python benchmarks/cpu_precision.py [--size 128] [--batch 32] [--steps 6] [--repeats 3] [--threads 2]
 
 One training step of ``experiment=recipe``'s model as the LightningModule runs it (attention-gated
-ResNet18, channels_last, focal loss with label smoothing, the gates' lesion-mask loss, AdamW) on
-random images and masks already in memory, with and without ``torch.autocast("cpu", bfloat16)``
+ResNet18 with the lesion decoder, channels_last, focal loss with label smoothing, the gates' lesion-mask
+loss and the decoder's, AdamW) on random images and masks already in memory, with and without
+``torch.autocast("cpu", bfloat16)``
 (what Lightning's ``bf16-mixed`` does on a CPU). Configurations alternate (A B A B ...) so machine
 noise hits both alike; images/s is the median over repeats. bf16 pays only on CPUs with native
 bf16 instructions (``avx512_bf16`` or AMX in ``lscpu``); elsewhere it is emulated and slower.
@@ -24,16 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from skintumor.cpu import cpu_bf16_flags  # noqa: E402
 from skintumor.models.module import SkinTumorClassifier  # noqa: E402
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
 
 
 def main() -> int:
@@ -47,8 +40,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = SkinTumorClassifier(["benign", "malignant", "normal"], image_size=args.size,
-                                loss={"alpha": None, "label_smoothing": 0.1, "mask_weight": 1.0},
+    model = SkinTumorClassifier(["benign", "malignant", "normal"], image_size=args.size, net={"lesion_decoder": True},
+                                loss={"alpha": None, "label_smoothing": 0.1, "mask_weight": 1.0, "lesion_weight": 1.0},
                                 optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.05})
     model.log = lambda *a, **k: None  # no Trainer here
     optimizer = torch.optim.AdamW(model.model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -59,7 +52,7 @@ def main() -> int:
 
     def step(bf16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = model._step(batch, "train")
+            loss = model._step(batch, "train")[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -75,7 +68,7 @@ def main() -> int:
             rates[name].append(args.steps * args.batch / (time.perf_counter() - start))
     result = {name: float(np.median(r)) for name, r in rates.items()}
     result |= {"ratio_bf16_to_fp32": result["bf16-mixed"] / result["fp32"], "threads": args.threads,
-               "size": args.size, "batch": args.batch, "cpu_bf16_flags": cpu_flags(),
+               "size": args.size, "batch": args.batch, "cpu_bf16_flags": cpu_bf16_flags(),
                "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                "command": "python benchmarks/cpu_precision.py " + " ".join(sys.argv[1:])}
     print(json.dumps(result, indent=2))

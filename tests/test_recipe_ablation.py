@@ -40,3 +40,18 @@ def test_merge_lets_a_later_override_replace_an_earlier_one():
     merged = ablation.merge(["experiment=recipe", "augment=strong", "data.sampler=null"],
                             ["augment=default"], ["data.sampler=balanced", "seed=1"])
     assert merged == ["experiment=recipe", "augment=default", "data.sampler=balanced", "seed=1"]
+
+
+def test_cpu_precision_benchmark_runs_the_recipes_train_step(tmp_path):
+    """The benchmark behind the README's bf16 advice must keep running as the module changes."""
+    import json
+    import subprocess
+
+    out = tmp_path / "precision.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_precision.py"), "--steps", "1", "--repeats", "1",
+                           "--size", "32", "--batch", "4", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["fp32"] > 0 and result["bf16-mixed"] > 0
+    assert result["ratio_bf16_to_fp32"] == result["bf16-mixed"] / result["fp32"]
+    assert "--size 32" in result["command"] and isinstance(result["cpu_bf16_flags"], (list, type(None)))

@@ -457,29 +457,35 @@ def test_lesion_decoder_classes_add_class_logits_per_cell():
                       lesion_class_weight=0.0).decoder_trains
 
 
+def _masked_datamodule(root: Path, n: int) -> UltrasoundDataModule:
+    """n 32 px images, each its own patient, with a bright square lesion (brighter per class) and its mask."""
+    from skintumor.data.manifest import Manifest
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        image = rng.normal(60, 10, (32, 32))
+        r, c = rng.integers(2, 20, 2)
+        image[r:r + 10, c:c + 10] += 40 + 40 * (i % 3)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / f"{i}.png")
+        lesion = np.zeros((32, 32), np.uint8)
+        lesion[r:r + 10, c:c + 10] = 255
+        Image.fromarray(lesion).save(root / f"{i}_m.png")
+        rows.append({"path": f"{i}.png", "label": CLASSES[i % 3], "patient_id": f"p{i}", "mask_path": f"{i}_m.png"})
+    pd.DataFrame(rows).to_csv(root / "m.csv", index=False)
+    dm = UltrasoundDataModule(manifest=Manifest.from_csv(root / "m.csv"), n_folds=2, val_fraction=0.34, image_size=32,
+                              batch_size=4)
+    dm.setup()
+    return dm
+
+
 @pytest.mark.parametrize("classes, mixing", [(False, None), (True, None), (True, {"cutmix_alpha": 1.0})])
 def test_lesion_weight_is_checked_and_a_trained_decoder_reloads(tmp_path, classes, mixing):
     """A short fit on masked images logs the decoder's loss (and its class loss, with class logits,
     mixed batches too); the checkpoint rebuilds the decoder."""
-    from skintumor.data.manifest import Manifest
-
     with pytest.raises(ValueError, match="lesion_weight must be >= 0"):
         SkinTumorClassifier(list(CLASSES), net=NET, loss={"lesion_weight": -1.0}, class_counts=[1, 1, 1], image_size=32)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(24):
-        image = rng.normal(60, 10, (32, 32))
-        r, c = rng.integers(2, 20, 2)
-        image[r:r + 10, c:c + 10] += 40 + 40 * (i % 3)
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
-        lesion = np.zeros((32, 32), np.uint8)
-        lesion[r:r + 10, c:c + 10] = 255
-        Image.fromarray(lesion).save(tmp_path / f"{i}_m.png")
-        rows.append({"path": f"{i}.png", "label": CLASSES[i % 3], "patient_id": f"p{i}", "mask_path": f"{i}_m.png"})
-    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
-    dm = UltrasoundDataModule(manifest=Manifest.from_csv(tmp_path / "m.csv"), n_folds=2, val_fraction=0.34, image_size=32,
-                              batch_size=4)
-    dm.setup()
+    dm = _masked_datamodule(tmp_path, 24)
     module = SkinTumorClassifier(list(CLASSES), net=NET | {"lesion_decoder": True, "lesion_decoder_classes": classes},
                                  loss={"alpha": None}, image_size=32, mixing=mixing)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -495,3 +501,76 @@ def test_lesion_weight_is_checked_and_a_trained_decoder_reloads(tmp_path, classe
     x = next(iter(dm.val_dataloader()))[0]
     module.eval()
     assert torch.allclose(reloaded.predict_proba(x), module.predict_proba(x), atol=1e-6)
+
+
+# --- the lesion zoom (model.net.lesion_zoom) -------------------------------------------------------
+
+def test_lesion_boxes_frame_the_found_lesion_and_fall_back_to_the_whole_image():
+    from skintumor.models.lesion_zoom import crop_boxes, lesion_boxes
+
+    logits = torch.full((3, 1, 16, 16), -5.0)
+    logits[0, 0, 4:8, 6:10] = 5.0    # a 4 x 4 cell lesion: a quarter of the image's side
+    logits[2, 0, 14:16, 14:16] = 5.0  # a small lesion in the corner
+    boxes = lesion_boxes(logits, margin=1.5, min_side=0.25)
+    torch.testing.assert_close(boxes[0], torch.tensor([0.5, 0.375, 0.375]))  # grown by the margin
+    torch.testing.assert_close(boxes[1], torch.tensor([0.5, 0.5, 1.0]))      # nothing found: everything
+    torch.testing.assert_close(boxes[2], torch.tensor([0.875, 0.875, 0.25]))  # at least min_side, inside the image
+    ramp = torch.arange(128.0).view(1, 1, 1, 128).expand(3, 1, 128, 128)
+    crops = crop_boxes(ramp, boxes, 96)
+    assert crops.shape == (3, 1, 96, 96)
+    # the crop spans the box: columns 40..88 of the ramp for image 0, all of it for image 1
+    assert crops[0, 0, 0, 0] == pytest.approx(40, abs=0.5) and crops[0, 0, 0, -1] == pytest.approx(88, abs=1)
+    assert crops[1, 0, 0, 0] == pytest.approx(0, abs=0.5) and crops[1, 0, 0, -1] == pytest.approx(127, abs=0.5)
+    assert crops[2, 0, 0, -1] == pytest.approx(127, abs=1)
+
+
+def test_lesion_zoom_averages_a_second_look_at_the_crop_and_needs_a_learning_decoder():
+    from skintumor.models.attention_resnet import AttentionGatedResNet18
+    from skintumor.models.lesion_zoom import crop_boxes
+
+    with pytest.raises(ConfigError, match="lesion_zoom needs lesion_decoder"):
+        AttentionGatedResNet18(3, lesion_zoom=48)
+    with pytest.raises(ConfigError, match="lesion_zoom needs a decoder that learns"):
+        SkinTumorClassifier(list(CLASSES), net=NET | {"lesion_decoder": True, "lesion_zoom": 48},
+                            loss={"alpha": None, "lesion_weight": 0.0}, image_size=64)
+    torch.manual_seed(0)
+    net = AttentionGatedResNet18(3, lesion_decoder=True, lesion_zoom=48).eval()
+    x = torch.randn(2, 1, 64, 64)
+    blob = torch.full((2, 1, 8, 8), -5.0)
+    blob[0, :, 2:4, 2:4] = 5.0  # image 0: a lesion up left; image 1: none
+    net.lesion_decoder.forward = lambda *features: blob
+    out = net.forward_details(x)
+    crops = crop_boxes(x, out.zoom_boxes, 48)
+    expected = (net.view_details(x).logits + net.view_details(crops).logits) / 2
+    torch.testing.assert_close(out.logits, expected)
+    torch.testing.assert_close(net(x), expected)  # the decision path zooms too (the decoder runs for it)
+    assert out.zoom_boxes[1, 2] == 1.0 and out.zoom_boxes[0, 2] < 1.0
+    assert out.lesion_logits.shape == (2, 1, 8, 8) and net.forward_details(x, lesion=False).lesion_logits is None
+    assert out.attention["gate2"].shape[-1] == 8  # the maps stay the whole image's
+
+
+def test_a_lesion_zoom_model_trains_logs_its_zoom_reloads_and_explain_refuses_it(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from skintumor.data.manifest import DataError
+    from skintumor.explain import run as explain
+
+    dm = _masked_datamodule(tmp_path, 18)
+    module = SkinTumorClassifier(list(CLASSES), net=NET | {"lesion_decoder": True, "lesion_zoom": 32},
+                                 loss={"alpha": None}, image_size=32)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, dm)
+    assert "train/lesion_loss" in trainer.logged_metrics
+    side = float(trainer.logged_metrics["val/zoom_side"])
+    assert 0.25 <= side <= 1.0
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    reloaded = load_classifier(tmp_path / "last.ckpt")
+    assert reloaded.model.lesion_zoom == 32
+    x = next(iter(dm.val_dataloader()))[0]
+    module.eval()
+    assert torch.allclose(reloaded.predict_proba(x), module.predict_proba(x), atol=1e-6)
+    # the CAMs of a layer the trunk passes twice would mix the two views: a clear refusal, not a wrong map
+    monkeypatch.setattr(explain.FinishedRun, "open", lambda run_dir: SimpleNamespace(classifier=reloaded, rows={"test": [0]}))
+    with pytest.raises(DataError, match="zoomed crop .*lesion_zoom=32"):
+        explain.explain_run(tmp_path / "run", tmp_path / "explain")

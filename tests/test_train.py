@@ -174,3 +174,29 @@ def test_missing_weights_file_is_one_clear_line(tiny_folder, tmp_path):
                 f"model.net.weights_path={tmp_path / 'resnet18.pth'}", f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2
     assert "resnet18.pth: weights file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bf16_on_a_cpu_that_only_emulates_it_is_told(tmp_path, monkeypatch):
+    import lightning as L
+
+    from skintumor import cpu, train
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu.cpu_bf16_flags(cpuinfo) == [] and cpu.bf16_is_emulated(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu.cpu_bf16_flags(cpuinfo) == ["amx_bf16", "amx_tile", "avx512_bf16"] and not cpu.bf16_is_emulated(cpuinfo)
+    assert cpu.cpu_bf16_flags(tmp_path / "absent") is None and not cpu.bf16_is_emulated(tmp_path / "absent")
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "arm64")  # flags read differently there: unknown, no warning
+    assert cpu.cpu_bf16_flags(cpuinfo) is None
+
+    def trainer(precision):
+        return L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+
+    monkeypatch.setattr(train, "bf16_is_emulated", lambda: True)
+    assert "emulated" in train.emulated_bf16_warning(trainer("bf16-mixed"))
+    assert train.emulated_bf16_warning(trainer("32-true")) is None
+    monkeypatch.setattr(train, "bf16_is_emulated", lambda: False)
+    assert train.emulated_bf16_warning(trainer("bf16-mixed")) is None

@@ -67,6 +67,10 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
     if not run.rows["test"]:
         raise DataError(f"{run_dir / 'split.json'}: the test fold is empty")
     classifier, test_rows = run.classifier, run.rows["test"]
+    if classifier.model.lesion_zoom:
+        # the trunk runs twice per image (whole image, then the zoomed crop): a layer's CAM would mix the two views
+        raise DataError(f"{run_dir}: its network also looks at a zoomed crop (net.lesion_zoom="
+                        f"{classifier.model.lesion_zoom}); explanations support one view per image only")
     hp = classifier.hparams
     classes = list(hp.classes)
     test = run.manifest.subset(test_rows)

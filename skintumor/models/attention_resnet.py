@@ -10,6 +10,8 @@
     lesion_decoder=True: also f2, f3, f4 -> lesion logits (B,1,H/8,W/8), an auxiliary task in training;
                     with lesion_decoder_stride=4 also layer1's f1 (B,64,H/4,W/4) -> logits (B,1,H/4,W/4).
                     lesion_decoder_classes=True: the decoder also tells the class per cell (B,C,h,w).
+    lesion_zoom=S > 0: a second look through the same network at an S x S crop around the lesion the
+                    decoder found (the whole image where it finds none); the logits are the two views' mean.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from skintumor.errors import ConfigError
 from skintumor.models.gates import GridAttentionGate, attention_pool
 from skintumor.models.lesion_decoder import LesionDecoder
+from skintumor.models.lesion_zoom import crop_boxes, lesion_boxes
 
 AGGREGATIONS = ("ft", "deep_sup", "concat")
 
@@ -38,13 +41,15 @@ class ModelOutput:
     layer4), empty otherwise; attention: gate maps (B, 1, h, w) at their feature grid; lesion_logits:
     the lesion decoder's (B, 1, H/s, W/s), s its stride (8 or 4), when the network has one and it was
     asked for, else None; lesion_class_logits: its class logits per cell (B, C, H/s, W/s) when it has
-    them (``lesion_decoder_classes``), else None."""
+    them (``lesion_decoder_classes``), else None; zoom_boxes: with ``lesion_zoom``, the crops' boxes
+    (B, 3: centre x, centre y, side, fractions of the image; side 1 = the whole image), else None."""
 
     logits: torch.Tensor
     branch_logits: list[torch.Tensor] = field(default_factory=list)
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
     lesion_logits: torch.Tensor | None = None
     lesion_class_logits: torch.Tensor | None = None
+    zoom_boxes: torch.Tensor | None = None
 
 
 class AttentionGatedResNet18(nn.Module):
@@ -58,14 +63,17 @@ class AttentionGatedResNet18(nn.Module):
     def __init__(self, num_classes: int = 3, attention: bool = True, aggregation: str = "ft",
                  normalization: str = "sigmoid", pretrained: bool = False, weights_path: str | None = None,
                  dropout: float = 0.0, lesion_decoder: bool = False, lesion_decoder_stride: int = 8,
-                 lesion_decoder_classes: bool = False):
+                 lesion_decoder_classes: bool = False, lesion_zoom: int = 0, lesion_zoom_margin: float = 1.5):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if lesion_decoder_stride not in (8, 4):
             raise ConfigError(f"lesion_decoder_stride must be 8 (cells from layer2) or 4 (from layer1), "
                               f"got {lesion_decoder_stride!r}")
+        if lesion_zoom and not lesion_decoder:
+            raise ConfigError("lesion_zoom needs lesion_decoder=true: the decoder says where the lesion is")
         self.num_classes, self.attention, self.aggregation = num_classes, attention, aggregation
+        self.lesion_zoom, self.lesion_zoom_margin = int(lesion_zoom or 0), float(lesion_zoom_margin)
         trunk = resnet18(weights=None)
         # 1-channel input: greyscale B-mode
         self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -110,7 +118,21 @@ class AttentionGatedResNet18(nn.Module):
         return f1, f2, f3, self.layer4(f3)
 
     def forward_details(self, x: torch.Tensor, lesion: bool = True) -> ModelOutput:
-        """``lesion=False`` skips the lesion decoder (evaluation needs only the logits)."""
+        """``lesion=False`` skips the lesion decoder (evaluation needs only the logits), unless the
+        zoom needs it; the maps and lesion logits are the whole image's."""
+        if not self.lesion_zoom:
+            return self.view_details(x, lesion)
+        out = self.view_details(x, lesion=True)
+        boxes = lesion_boxes(out.lesion_logits, self.lesion_zoom_margin)
+        zoomed = self.view_details(crop_boxes(x, boxes, self.lesion_zoom), lesion=False)
+        out.logits, out.zoom_boxes = (out.logits + zoomed.logits) / 2, boxes
+        out.branch_logits = [(a + b) / 2 for a, b in zip(out.branch_logits, zoomed.branch_logits)]
+        if not lesion:
+            out.lesion_logits = out.lesion_class_logits = None
+        return out
+
+    def view_details(self, x: torch.Tensor, lesion: bool = True) -> ModelOutput:
+        """One look at ``x``: :meth:`forward_details` without the zoom."""
         f1, f2, f3, f4 = self.pyramid(x)
         lesion_logits = class_logits = None
         if lesion and self.lesion_decoder is not None:

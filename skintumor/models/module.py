@@ -118,6 +118,8 @@ class SkinTumorClassifier(L.LightningModule):
         # the decoder runs in training only where one of its losses counts (it never decides)
         self.decoder_trains = self.lesion_weight > 0 or (
             self.lesion_class_weight > 0 and bool(net.get("lesion_decoder_classes", False)))
+        if net.get("lesion_zoom") and not self.decoder_trains:
+            raise ConfigError("net.lesion_zoom needs a decoder that learns where the lesion is: set loss.lesion_weight > 0")
         if loss["empty_mask"] not in ("skip", "background"):
             raise ConfigError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
         if loss["empty_mask"] == "background" and net.get("normalization", "sigmoid") == "softmax":
@@ -206,6 +208,9 @@ class SkinTumorClassifier(L.LightningModule):
             x, masks = mix.x, mix.masks
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if stage == "train" and masks is None and self.model.lesion_zoom:
+            warnings.warn("net.lesion_zoom: the training data has no lesion masks, so the decoder learns nothing "
+                          "and the zoom looks at arbitrary crops; use data with masks or lesion_zoom=0", stacklevel=2)
         net = self.model if stage == "train" else self.eval_model()
         out = net.forward_details(x, lesion=stage == "train" and masks is not None and self.decoder_trains)
 
@@ -252,6 +257,9 @@ class SkinTumorClassifier(L.LightningModule):
                          sync_dist=True)
                 self.log(f"val/{name}_cv", cv.mean(), on_step=False, on_epoch=True, batch_size=len(y),
                          sync_dist=True)
+        if stage == "val" and out.zoom_boxes is not None:  # how far the zoom magnifies (1 = the whole image)
+            self.log("val/zoom_side", out.zoom_boxes[:, 2].mean(), on_step=False, on_epoch=True, batch_size=len(y),
+                     sync_dist=True)
         if mix is not None and mix.lam < 0.5:  # training metrics count the larger part's label
             y = mix.y_b
         metrics = self.metrics[f"{stage}_metrics"]
