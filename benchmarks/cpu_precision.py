@@ -5,10 +5,10 @@
 One training step of ``experiment=recipe``'s model as the LightningModule runs it (attention-gated
 ResNet18 with the lesion decoder, channels_last, focal loss with label smoothing, the gates' lesion-mask
 loss and the decoder's, AdamW) on random images and masks already in memory, with and without
-``torch.autocast("cpu", bfloat16)``
-(what Lightning's ``bf16-mixed`` does on a CPU). Configurations alternate (A B A B ...) so machine
-noise hits both alike; images/s is the median over repeats. bf16 pays only on CPUs with native
-bf16 instructions (``avx512_bf16`` or AMX in ``lscpu``); elsewhere it is emulated and slower.
+``torch.autocast("cpu", bfloat16)`` (what Lightning's ``bf16-mixed`` does on a CPU). Configurations
+alternate (A B A B ...) so machine noise hits both alike; images/s is the median over repeats. bf16
+pays only on CPUs with native bf16 instructions (``avx512_bf16`` or AMX in ``lscpu``); elsewhere it
+is emulated and slower.
 """
 from __future__ import annotations
 

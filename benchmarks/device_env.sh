@@ -5,6 +5,7 @@
 # (the overrides that read .busi_carry, benchmarks/portable_copy.py's copy) and smoke_test SECONDS STEPS
 # (the GPU smoke test into DIR; SECONDS=0 skips it).
 export PYTHONUNBUFFERED=1
+LOGS=$1
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     > "$1/pip.log" 2>&1 || echo "pip install failed (see pip.log)"
@@ -17,4 +18,3 @@ smoke_test() {
   timeout "$1" python3 benchmarks/gpu_smoke.py --out "$LOGS" --repeats 2 --steps "$2" --data "${BUSI[@]}" \
     data.image_size=128 2>&1 | tail -n 25
 }
-LOGS=$1

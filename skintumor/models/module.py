@@ -118,7 +118,7 @@ class SkinTumorClassifier(L.LightningModule):
         # the decoder runs in training only where one of its losses counts (it never decides)
         self.decoder_trains = self.lesion_weight > 0 or (
             self.lesion_class_weight > 0 and bool(net.get("lesion_decoder_classes", False)))
-        if net.get("lesion_zoom") and not self.decoder_trains:
+        if self.model.lesion_zoom and not self.decoder_trains:
             raise ConfigError("net.lesion_zoom needs a decoder that learns where the lesion is: set loss.lesion_weight > 0")
         if loss["empty_mask"] not in ("skip", "background"):
             raise ConfigError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
