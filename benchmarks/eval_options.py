@@ -1,13 +1,16 @@
 """Options that need no retraining, judged on validation: more test-time views, and the lesion
 decoder's evidence in the decision.
 
-    python benchmarks/eval_options.py outputs/cv/member_a [outputs/cv/member_b ...]
+    python benchmarks/eval_options.py outputs/cv/member_a [outputs/cv/member_b ...] [--zoom 96]
 
 For each member sweep and fold, the selected checkpoint scores its validation and test images under
 eight views: as is, mirrored (the recipe's ``tta=hflip`` averages these two), zoomed out / in by 10 %
 (each also mirrored) and shifted by 6 % of the width either way (border pixels repeated; never a
-vertical flip: depth runs down an ultrasound image). Its lesion decoder also gives each image's
-largest lesion probability ``q``. Two families of options are scored:
+vertical flip: depth runs down an ultrasound image), and as is and mirrored with the lesion zoom
+toggled (``model.net.lesion_zoom``: on at ``--zoom`` px for a model trained without it, off for one
+trained with it; this tells a second look at test time from what training with the crops taught).
+Its lesion decoder also gives each image's largest lesion probability ``q``. Two families of options
+are scored:
 
 - view sets: the probabilities averaged over a set of views;
 - decoder evidence: ``w * logit(1 - q)`` added to the normal class's log-probability (the hflip
@@ -24,6 +27,7 @@ on the whole validation split; the test folds choose nothing. The checkpoints we
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -60,6 +64,8 @@ VIEWS = {
     "shift +6 %": lambda x: zoom_shift(x, shift=0.06),
     "shift -6 %": lambda x: zoom_shift(x, shift=-0.06),
 }
+# computed with the network's lesion zoom switched the other way (zoom_toggled)
+TOGGLED = {"lesion zoom toggled": lambda x: x, "lesion zoom toggled, mirrored": mirror}
 HFLIP = ["as is", "mirrored"]
 VIEW_SETS = {
     "hflip (the recipe)": HFLIP,
@@ -69,18 +75,32 @@ VIEW_SETS = {
     "hflip + zoom 0.9 and 1.1": HFLIP + ["zoom 0.9", "zoom 0.9, mirrored", "zoom 1.1", "zoom 1.1, mirrored"],
     "hflip + shifts": HFLIP + ["shift +6 %", "shift -6 %"],
     "all eight views": list(VIEWS),
+    "hflip, lesion zoom toggled": list(TOGGLED),
+    "hflip, with and without the lesion zoom": HFLIP + list(TOGGLED),
 }
 DECODER_WEIGHTS = (0.25, 0.5, 1.0)
 
 
+@contextlib.contextmanager
+def zoom_toggled(net: torch.nn.Module, side: int):
+    """The network with its lesion zoom switched: on at ``side`` px if it was off, off if it was on."""
+    trained = net.lesion_zoom
+    net.lesion_zoom = 0 if trained else side
+    try:
+        yield net
+    finally:
+        net.lesion_zoom = trained
+
+
 @torch.no_grad()
-def score_views(run: FinishedRun, part: str) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+def score_views(run: FinishedRun, part: str, zoom: int = 96) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Labels (N,), per view the softmax probabilities (N, C), and the decoder's largest lesion
-    probability per image (N,) of one part of a finished run."""
+    probability per image (N,) of one part of a finished run; ``zoom``: the side of the lesion zoom
+    for the toggled views of a model trained without it."""
     net = run.classifier.eval_model()  # FinishedRun opens it in eval mode
     if getattr(net, "lesion_decoder", None) is None:
         raise SystemExit(f"{run.path}: the model has no lesion decoder (model.net.lesion_decoder=false)")
-    ys, probs, lesion = [], {v: [] for v in VIEWS}, []
+    ys, probs, lesion = [], {v: [] for v in [*VIEWS, *TOGGLED]}, []
     for x, y, *_ in run.loader(part):
         ys.append(y.numpy())
         for name, view in VIEWS.items():
@@ -88,6 +108,10 @@ def score_views(run: FinishedRun, part: str) -> tuple[np.ndarray, dict[str, np.n
             probs[name].append(torch.softmax(out.logits.float(), dim=1).numpy())
             if name == "as is":
                 lesion.append(torch.sigmoid(out.lesion_logits.float()).flatten(1).amax(1).numpy())
+        with zoom_toggled(net, zoom):
+            for name, view in TOGGLED.items():
+                out = net.forward_details(view(x), lesion=False)
+                probs[name].append(torch.softmax(out.logits.float(), dim=1).numpy())
     return np.concatenate(ys), {v: np.concatenate(p) for v, p in probs.items()}, np.concatenate(lesion)
 
 
@@ -112,6 +136,8 @@ def options(views: dict[str, np.ndarray], lesion_max: np.ndarray) -> dict[str, n
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("members", type=Path, nargs="+")
+    parser.add_argument("--zoom", type=int, default=96, help="lesion zoom side (px) for the toggled views of "
+                        "models trained without it (default 96)")
     args = parser.parse_args()
     who = [m.name for m in args.members] + (["ensemble"] if len(args.members) > 1 else [])
     val = {}    # (who, option) -> per-fold val scores
@@ -123,8 +149,8 @@ def main() -> int:
         classes = runs[0].classifier.hparams.classes
         per_member = []  # per member: option -> (val probs, test probs)
         for run in runs:
-            yv, views_v, lesion_v = score_views(run, "val")
-            yt, views_t, lesion_t = score_views(run, "test")
+            yv, views_v, lesion_v = score_views(run, "val", args.zoom)
+            yt, views_t, lesion_t = score_views(run, "test", args.zoom)
             ov, ot = options(views_v, lesion_v), options(views_t, lesion_t)
             per_member.append({o: (ov[o], ot[o]) for o in ov})
         for option in per_member[0]:

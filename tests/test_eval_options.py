@@ -22,7 +22,8 @@ def test_zoom_and_shift_move_the_content_as_named():
     assert torch.argmax(shifted[0, 0, 25]).item() in (17, 23)
     assert shifted[0, 0, 25].sum().item() == pytest.approx(10, abs=0.5)
     assert eval_options.zoom_shift(x, 1.1).sum() > x.sum() > eval_options.zoom_shift(x, 0.9).sum()
-    assert all(v in eval_options.VIEWS for views in eval_options.VIEW_SETS.values() for v in views)
+    assert all(v in eval_options.VIEWS or v in eval_options.TOGGLED for views in eval_options.VIEW_SETS.values()
+               for v in views)
 
 
 def test_decoder_evidence_raises_normal_where_no_lesion_is_seen():
@@ -51,13 +52,27 @@ def tiny_sweep(tiny_folder, tmp_path_factory):
 def test_the_hflip_view_set_is_the_recipes_own_scoring(tiny_sweep):
     run = FinishedRun.open(tiny_sweep / "fold_0")
     y, views, lesion_max = eval_options.score_views(run, "val")
-    assert set(views) == set(eval_options.VIEWS) and lesion_max.shape == y.shape
+    assert set(views) == set(eval_options.VIEWS) | set(eval_options.TOGGLED) and lesion_max.shape == y.shape
     assert ((lesion_max >= 0) & (lesion_max <= 1)).all()
     recipe = eval_options.options(views, lesion_max)["views: hflip (the recipe)"]
     y_run, scores = run.classifier.predict_loader(run.loader("val"), decide=False)
     np.testing.assert_array_equal(y, y_run)
     np.testing.assert_allclose(recipe, scores, atol=2e-5)
     assert not np.allclose(views["zoom 1.1"], views["as is"])  # the other views do differ
+    assert not np.allclose(views["lesion zoom toggled"], views["as is"])  # a second look at test time
+    assert run.classifier.eval_model().lesion_zoom == 0  # ... that leaves the network as trained
+
+
+def test_zoom_toggled_switches_the_zoom_either_way_and_restores_it():
+    net = torch.nn.Module()
+    for trained, during in ((0, 64), (96, 0)):
+        net.lesion_zoom = trained
+        with eval_options.zoom_toggled(net, 64):
+            assert net.lesion_zoom == during
+        assert net.lesion_zoom == trained
+    with pytest.raises(RuntimeError), eval_options.zoom_toggled(net, 64):
+        raise RuntimeError("an error inside")
+    assert net.lesion_zoom == 96
 
 
 def test_members_must_share_their_folds(tiny_sweep, tiny_folder, tmp_path, monkeypatch, capsys):
@@ -67,7 +82,7 @@ def test_members_must_share_their_folds(tiny_sweep, tiny_folder, tmp_path, monke
     monkeypatch.setattr(sys, "argv", ["eval_options.py", str(tiny_sweep), str(twin)])
     assert eval_options.main() == 0
     table = capsys.readouterr().out
-    assert "| ensemble | views: hflip (the recipe) |" in table and table.count("\n") == 2 + 3 * 10
+    assert "| ensemble | views: hflip (the recipe) |" in table and table.count("\n") == 2 + 3 * 12
     other = decoder_sweep(tiny_folder, tmp_path / "b", "data.seed=7")
     monkeypatch.setattr(sys, "argv", ["eval_options.py", str(tiny_sweep), str(other)])
     with pytest.raises(SystemExit, match="rows differ"):
