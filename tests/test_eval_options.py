@@ -1,5 +1,7 @@
 """benchmarks/eval_options.py: options scored without retraining must start from what the recipe does."""
 import importlib.util
+import json
+import shutil
 import sys
 
 import numpy as np
@@ -75,7 +77,7 @@ def test_zoom_toggled_switches_the_zoom_either_way_and_restores_it():
     assert net.lesion_zoom == 96
 
 
-def test_members_must_share_their_folds(tiny_sweep, tiny_folder, tmp_path, monkeypatch, capsys):
+def test_members_must_share_their_folds(tiny_sweep, tmp_path, monkeypatch, capsys):
     """The members' ensemble is scored on validation images, so they must all have the same ones."""
     twin = tmp_path / "a_again"  # the same run under a second name: a member pair that shares its folds
     twin.symlink_to(tiny_sweep, target_is_directory=True)
@@ -83,7 +85,11 @@ def test_members_must_share_their_folds(tiny_sweep, tiny_folder, tmp_path, monke
     assert eval_options.main() == 0
     table = capsys.readouterr().out
     assert "| ensemble | views: hflip (the recipe) |" in table and table.count("\n") == 2 + 3 * 12
-    other = decoder_sweep(tiny_folder, tmp_path / "b", "data.seed=7")
+    other = tmp_path / "b"  # the same run with one validation image swapped for a training one: other folds
+    shutil.copytree(tiny_sweep, other)
+    split = json.loads((other / "fold_0" / "split.json").read_text())
+    split["val"], split["train"] = split["val"][1:] + split["train"][:1], split["train"][1:] + split["val"][:1]
+    (other / "fold_0" / "split.json").write_text(json.dumps(split))
     monkeypatch.setattr(sys, "argv", ["eval_options.py", str(tiny_sweep), str(other)])
     with pytest.raises(SystemExit, match="rows differ"):
         eval_options.main()
