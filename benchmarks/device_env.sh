@@ -1,5 +1,5 @@
 # Sourced by the device scripts (gpu_session.sh, gpu_ensemble_length.sh, gpu_last_epoch.sh,
-# gpu_lesion_zoom.sh) with the folder for logs:
+# gpu_candidate.sh) with the folder for logs:
 #   source benchmarks/device_env.sh DIR
 # installs the carried wheels (.whl: what the device image lacks), records the GPU, and defines BUSI
 # (the overrides that read .busi_carry, benchmarks/portable_copy.py's copy) and smoke_test SECONDS STEPS

@@ -9,11 +9,14 @@ data.dedup=false`` then sees bit-identical pixels and the same folds; the script
     python benchmarks/portable_copy.py data=busi --out .busi_carry --size 128
     python benchmarks/portable_copy.py data=phantom data.root=outputs/phantom --out .phantom_carry --size 128
 
-The copy is for a git-ignored scratch folder only: never commit data that is not ours (BUSI).
+The copy is for a git-ignored scratch folder only: never commit data that is not ours (BUSI). The
+script refuses a folder inside the repository that git would not ignore.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +31,16 @@ from skintumor.data.datamodule import UltrasoundDataModule  # noqa: E402
 from skintumor.data.folds import PatientGroupedFolds  # noqa: E402
 
 
+def unignored_in_repo(out: Path) -> bool:
+    """True where ``out`` lies inside this git checkout and git would track what is written there."""
+    out = out.resolve()
+    if not out.is_relative_to(REPO) or not (REPO / ".git").exists() or shutil.which("git") is None:
+        return False
+    # a path below it, not the folder: a pattern like ".busi_carry/" matches only a folder that exists
+    check = subprocess.run(["git", "check-ignore", "-q", str(out / "manifest.csv")], cwd=REPO)
+    return check.returncode == 1  # 0: ignored; 128: git failed (not a checkout)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml, e.g. data=busi")
@@ -36,6 +49,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.out.exists():
         sys.exit(f"{args.out}: exists; remove it first (nothing is overwritten)")
+    if unignored_in_repo(args.out):
+        sys.exit(f"{args.out}: inside the repository and not ignored by git, so the copied images could be "
+                 "committed; write it to .busi_carry (ignored) or outside the repository")
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*args.overrides, f"data.image_size={args.size}"])
     data = {k: v for k, v in cfg.data.items() if k != "_target_"}
