@@ -1,6 +1,7 @@
 """Shared fixtures: tiny images written into temporary folders (never into the repo)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +16,15 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("cyst", "lipoma", "pilomatricoma")
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmark scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in the script look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_train(*overrides, cwd=REPO) -> subprocess.CompletedProcess:

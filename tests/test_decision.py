@@ -142,13 +142,9 @@ def test_many_classes_use_coordinate_ascent_and_still_undo_a_lean():
 def test_decision_bias_averages_the_cross_fitted_score_over_halvings():
     """benchmarks/decision_bias.py --halvings N: the "cross" score is the mean over halvings 0..N-1,
     one halving is the recipe ablation's seed-0 score, and plain argmax does not depend on N."""
-    import importlib.util
+    from conftest import load_benchmark
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("decision_bias", REPO / "benchmarks" / "decision_bias.py")
-    bias = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bias)
+    bias = load_benchmark("decision_bias")
     rng = np.random.default_rng(3)
     y = np.repeat([0, 1, 2], [40, 20, 12])
     p = rng.dirichlet([1, 1, 1], len(y)) * 0.6 + np.eye(3)[y] * 0.4 * rng.random((len(y), 1))

@@ -1,5 +1,4 @@
 """benchmarks/eval_options.py: options scored without retraining must start from what the recipe does."""
-import importlib.util
 import json
 import shutil
 import sys
@@ -8,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, train_tiny
+from conftest import load_benchmark, train_tiny
 from skintumor.evaluate.finished_run import FinishedRun
 
-spec = importlib.util.spec_from_file_location("eval_options", REPO / "benchmarks" / "eval_options.py")
-eval_options = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(eval_options)
+eval_options = load_benchmark("eval_options")
 
 
 def test_zoom_and_shift_move_the_content_as_named():

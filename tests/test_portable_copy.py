@@ -1,11 +1,10 @@
 """benchmarks/portable_copy.py: the data copy carried to a lent GPU, and its guard against committing it."""
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, snapshot
+from conftest import REPO, load_benchmark, snapshot
 
 SCRIPT = REPO / "benchmarks" / "portable_copy.py"
 
@@ -36,8 +35,6 @@ def test_refuses_a_folder_in_the_repository_that_git_would_track():
     proc = copy(out, "data=busi")
     assert proc.returncode != 0 and "not ignored by git" in proc.stderr
     assert not out.exists()
-    spec = importlib.util.spec_from_file_location("portable_copy", SCRIPT)  # as the other benchmark tests load theirs
-    portable_copy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(portable_copy)
+    portable_copy = load_benchmark("portable_copy")
     assert portable_copy.unignored_in_repo(out)
     assert not any(portable_copy.unignored_in_repo(REPO / name) for name in (".busi_carry", ".phantom_carry"))  # the documented ones

@@ -1,15 +1,12 @@
 """The selection machinery of benchmarks/recipe_ablation.py: what decides the recipe must be right."""
-import importlib.util
+
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
-spec = importlib.util.spec_from_file_location("recipe_ablation", REPO / "benchmarks" / "recipe_ablation.py")
-ablation = importlib.util.module_from_spec(spec)
-sys.modules["recipe_ablation"] = ablation  # its dataclasses look themselves up there
-spec.loader.exec_module(ablation)
+ablation = load_benchmark("recipe_ablation")
 
 
 def rows(variant, val_auroc, val_bal, folds=range(5), seed=42):

@@ -522,13 +522,9 @@ def test_ensemble_averages_scores_and_decisions_separately(tmp_path):
 
 def test_rescore_recovers_the_scores_of_a_sweep_written_without_them(tmp_path):
     """benchmarks/rescore_sweep.py: old runs kept only the shifted p_ and their offsets (metrics_val.json)."""
-    import importlib.util
+    from conftest import load_benchmark
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("rescore_sweep", REPO / "benchmarks" / "rescore_sweep.py")
-    rescore = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rescore)
+    rescore = load_benchmark("rescore_sweep")
     offsets = {k: np.array([0.0, 0.7, -0.4 * k]) for k in range(5)}  # fold 0: lipoma only; all folds move
     reference = offset_sweep(tmp_path / "ref", offsets)
     old = offset_sweep(tmp_path / "old", offsets, scores=False)

@@ -1,6 +1,5 @@
 """The Hydra entry point end to end, on tiny images in tmp_path."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
