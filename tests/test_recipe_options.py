@@ -574,3 +574,45 @@ def test_a_lesion_zoom_model_trains_logs_its_zoom_reloads_and_explain_refuses_it
     monkeypatch.setattr(explain.FinishedRun, "open", lambda run_dir: SimpleNamespace(classifier=reloaded, rows={"test": [0]}))
     with pytest.raises(DataError, match="zoomed crop .*lesion_zoom=32"):
         explain.explain_run(tmp_path / "run", tmp_path / "explain")
+
+
+# --- the stem without its max-pool (model.net.stem_pool) -------------------------------------------
+
+def test_without_the_stem_pool_every_map_is_twice_as_fine_and_the_model_trains_and_reloads(tmp_path):
+    from skintumor.models.attention_resnet import AttentionGatedResNet18
+
+    torch.manual_seed(0)
+    pooled = AttentionGatedResNet18(3, lesion_decoder=True)
+    fine = AttentionGatedResNet18(3, lesion_decoder=True, stem_pool=False)
+    x = torch.randn(2, 1, 64, 64)
+    for coarse_map, fine_map in zip(pooled.pyramid(x), fine.pyramid(x)):
+        assert fine_map.shape[-2:] == tuple(2 * s for s in coarse_map.shape[-2:])
+    assert fine.pyramid(x)[-1].shape == (2, 512, 4, 4)  # layer4 at H/16
+    out = fine.forward_details(x)
+    assert out.attention["gate2"].shape == (2, 1, 16, 16) and out.lesion_logits.shape == (2, 1, 16, 16)
+    # the same weights (the pool has none): a trunk trained either way loads into the other
+    fine.load_state_dict(pooled.state_dict())
+    fine.eval(), pooled.eval()
+    assert not torch.allclose(fine(x), pooled(x))  # ... and the pool is really gone from the path
+
+    dm = _masked_datamodule(tmp_path, 18)
+    module = SkinTumorClassifier(list(CLASSES), net=NET | {"lesion_decoder": True, "stem_pool": False},
+                                 loss={"alpha": None}, image_size=32)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, dm)
+    assert torch.isfinite(trainer.logged_metrics["train/lesion_loss"])
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    reloaded = load_classifier(tmp_path / "last.ckpt")
+    assert isinstance(reloaded.model.maxpool, torch.nn.Identity)
+    batch = next(iter(dm.val_dataloader()))[0]
+    module.eval()
+    assert torch.allclose(reloaded.predict_proba(batch), module.predict_proba(batch), atol=1e-6)
+
+
+def test_stem_pool_is_a_config_option_and_on_by_default():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=recipe"])
+        assert cfg.model.net.stem_pool is True
+        cfg = compose(config_name="train", overrides=["experiment=recipe", "model.net.stem_pool=false"])
+        assert cfg.model.net.stem_pool is False

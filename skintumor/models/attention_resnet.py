@@ -10,6 +10,8 @@
     lesion_decoder=True: also f2, f3, f4 -> lesion logits (B,1,H/8,W/8), an auxiliary task in training;
                     with lesion_decoder_stride=4 also layer1's f1 (B,64,H/4,W/4) -> logits (B,1,H/4,W/4).
                     lesion_decoder_classes=True: the decoder also tells the class per cell (B,C,h,w).
+    stem_pool=False: no max-pool after conv1, so every map from layer1 on is twice as fine (f1 H/2 ...
+                    f4 H/16; at 128 px layer4 is 8 x 8 instead of 4 x 4), at about 4x the compute.
     lesion_zoom=S > 0: a second look through the same network at an S x S crop around the lesion the
                     decoder found (the whole image where it finds none); the logits are the two views' mean.
 """
@@ -63,7 +65,8 @@ class AttentionGatedResNet18(nn.Module):
     def __init__(self, num_classes: int = 3, attention: bool = True, aggregation: str = "ft",
                  normalization: str = "sigmoid", pretrained: bool = False, weights_path: str | None = None,
                  dropout: float = 0.0, lesion_decoder: bool = False, lesion_decoder_stride: int = 8,
-                 lesion_decoder_classes: bool = False, lesion_zoom: int = 0, lesion_zoom_margin: float = 1.5):
+                 lesion_decoder_classes: bool = False, lesion_zoom: int = 0, lesion_zoom_margin: float = 1.5,
+                 stem_pool: bool = True):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -77,7 +80,9 @@ class AttentionGatedResNet18(nn.Module):
         trunk = resnet18(weights=None)
         # 1-channel input: greyscale B-mode
         self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1, self.relu, self.maxpool = trunk.bn1, trunk.relu, trunk.maxpool
+        self.bn1, self.relu = trunk.bn1, trunk.relu
+        # the max-pool has no weights, so pretrained weights load either way
+        self.maxpool = trunk.maxpool if stem_pool else nn.Identity()
         self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         self.dropout = nn.Dropout(dropout)
         self.lesion_decoder = None
@@ -107,7 +112,8 @@ class AttentionGatedResNet18(nn.Module):
             self.load_trunk_weights(_read_state_dict(weights_path))
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B,1,H,W) -> f2 (B,128,H/8,W/8), f3 (B,256,H/16,W/16), f4 (B,512,H/32,W/32)."""
+        """(B,1,H,W) -> f2 (B,128,H/8,W/8), f3 (B,256,H/16,W/16), f4 (B,512,H/32,W/32) (half the
+        strides with ``stem_pool=False``)."""
         return self.pyramid(x)[1:]
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
