@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CLASSES, train_tiny
+from conftest import CLASSES, load_benchmark, train_tiny
 from skintumor.evaluate.finished_run import FinishedRun
 from skintumor.evaluate.metrics import classification_metrics
 from skintumor.models.decision import balanced_accuracy, balanced_offsets, cross_fitted, shift_probabilities
@@ -142,8 +142,6 @@ def test_many_classes_use_coordinate_ascent_and_still_undo_a_lean():
 def test_decision_bias_averages_the_cross_fitted_score_over_halvings():
     """benchmarks/decision_bias.py --halvings N: the "cross" score is the mean over halvings 0..N-1,
     one halving is the recipe ablation's seed-0 score, and plain argmax does not depend on N."""
-    from conftest import load_benchmark
-
     bias = load_benchmark("decision_bias")
     rng = np.random.default_rng(3)
     y = np.repeat([0, 1, 2], [40, 20, 12])

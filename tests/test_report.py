@@ -15,6 +15,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 from torchmetrics.classification import MulticlassCalibrationError
 
+from conftest import load_benchmark
 from skintumor.data.manifest import DataError
 from skintumor.evaluate.compare import aligned_predictions, build_comparison, holm, mcnemar
 from skintumor.evaluate.metrics import (
@@ -522,8 +523,6 @@ def test_ensemble_averages_scores_and_decisions_separately(tmp_path):
 
 def test_rescore_recovers_the_scores_of_a_sweep_written_without_them(tmp_path):
     """benchmarks/rescore_sweep.py: old runs kept only the shifted p_ and their offsets (metrics_val.json)."""
-    from conftest import load_benchmark
-
     rescore = load_benchmark("rescore_sweep")
     offsets = {k: np.array([0.0, 0.7, -0.4 * k]) for k in range(5)}  # fold 0: lipoma only; all folds move
     reference = offset_sweep(tmp_path / "ref", offsets)
