@@ -1,6 +1,7 @@
 """Does a seed ensemble help? Judged on the inner validation split, which its members share.
 
     python benchmarks/ensemble_val.py outputs/cv/member_a outputs/cv/member_b [...]
+    python benchmarks/ensemble_val.py outputs/cv/member_a            # one model, no ensemble rows
 
 The members must be sweeps over the same outer folds *and* the same inner validation split (same
 ``data.seed`` and ``data.inner_fold``; they differ in ``seed``), so every fold's validation images
@@ -13,7 +14,8 @@ what ``python -m skintumor.report --ensemble`` does with finished sweeps), or ch
 offsets on the members' mean. The test columns apply offsets chosen on the whole validation split;
 the test folds choose nothing. ``--checkpoint last.ckpt`` scores the final epoch's weights instead
 of the ones validation chose (their offsets are chosen the same way); ``SWEEP@last.ckpt`` does so for
-one member, so ``A A@last.ckpt B B@last.ckpt`` averages both checkpoints of two seeds.
+one member, so ``A A@last.ckpt B B@last.ckpt`` averages both checkpoints of two seeds. One sweep
+alone is scored the same way, without the ensemble rows (a single model's val score by the rule).
 """
 from __future__ import annotations
 
@@ -85,11 +87,11 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="best.ckpt", choices=CHECKPOINTS,
                         help="for members without @: the weights validation chose (default) or the final epoch's")
     args = parser.parse_args()
-    if len(args.members) < 2:
-        parser.error("an ensemble needs at least two sweeps")
     members = [member(spec, args.checkpoint) for spec in args.members]
-    names = [name for _, _, name in members] + ["ensemble: mean of the members' shifted probabilities (what "
-                                              "`report --ensemble` averages)", "ensemble: offsets chosen on the mean"]
+    ensemble = len(members) > 1  # one sweep: just its own row
+    names = [name for _, _, name in members] + (["ensemble: mean of the members' shifted probabilities (what "
+                                                "`report --ensemble` averages)", "ensemble: offsets chosen on the mean"]
+                                               if ensemble else [])
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a lent GPU predicts (same scores up to float rounding)
     val = {n: [] for n in names}
     test = {n: ([], [], []) for n in names}  # labels, probabilities with offsets, scores before them
@@ -106,8 +108,9 @@ def main() -> int:
             yt, pt = model.predict_loader(loaders["test"])
             val_p.append(pv), test_p.append(pt)
         rows = [scored(yv, pv, pt) for pv, pt in zip(val_p, test_p)]
-        rows.append(mean_of_members(rows))
-        rows.append(scored(yv, np.mean(val_p, axis=0), np.mean(test_p, axis=0)))
+        if ensemble:
+            rows.append(mean_of_members(rows))
+            rows.append(scored(yv, np.mean(val_p, axis=0), np.mean(test_p, axis=0)))
         for n, (pv, pt, sv, st) in zip(names, rows):
             val[n].append(val_score(yv, pv, sv, classes))
             test[n][0].append(yt), test[n][1].append(pt), test[n][2].append(st)

@@ -19,8 +19,12 @@ CLASSES = ("cyst", "lipoma", "pilomatricoma")
 
 
 def load_benchmark(name: str):
-    """``benchmarks/<name>.py`` as a module (the benchmark scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    """``benchmarks/<name>.py`` as a module (the benchmark scripts are not a package); one already
+    imported, e.g. by another script that puts ``benchmarks/`` on ``sys.path``, is reused, not run again."""
+    path = REPO / "benchmarks" / f"{name}.py"
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses in the script look their module up there
     spec.loader.exec_module(module)

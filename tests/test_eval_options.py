@@ -93,7 +93,8 @@ def test_members_must_share_their_folds(tiny_sweep, tmp_path, monkeypatch, capsy
 
 
 def test_ensemble_val_averages_both_checkpoints_of_a_member(tiny_sweep, monkeypatch, capsys):
-    import ensemble_val  # benchmarks/ is on sys.path once eval_options is loaded
+    ensemble_val = load_benchmark("ensemble_val")  # the module eval_options imported, not a second copy
+    assert ensemble_val.scored is eval_options.scored
 
     assert ensemble_val.member(f"{tiny_sweep}@last.ckpt", "best.ckpt") == (tiny_sweep, "last.ckpt", "a (last.ckpt)")
     assert ensemble_val.member(str(tiny_sweep), "last.ckpt")[1] == "last.ckpt"
@@ -101,5 +102,10 @@ def test_ensemble_val_averages_both_checkpoints_of_a_member(tiny_sweep, monkeypa
         ensemble_val.member(f"{tiny_sweep}@epoch3.ckpt", "best.ckpt")
     monkeypatch.setattr(sys, "argv", ["ensemble_val.py", str(tiny_sweep), f"{tiny_sweep}@last.ckpt"])
     assert ensemble_val.main() == 0
-    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    table = capsys.readouterr().out.splitlines()[2:]
+    rows = [line.split(" | ")[0] for line in table]
     assert rows[:2] == ["| a", "| a (last.ckpt)"] and len(rows) == 4
+    # one sweep alone: its own row only, scored exactly as it was beside the other member
+    monkeypatch.setattr(sys, "argv", ["ensemble_val.py", f"{tiny_sweep}@last.ckpt"])
+    assert ensemble_val.main() == 0
+    assert capsys.readouterr().out.splitlines()[2:] == [table[1]]

@@ -69,12 +69,15 @@ def test_hirescam_ignores_a_decoy_gradcam_cannot():
     assert grad[:, 7:9, 30:32].min() > 0.9
 
 
-def test_branch_cam_decomposes_the_logit():
+@pytest.mark.parametrize("stem_pool", [True, False])
+def test_branch_cam_decomposes_the_logit(stem_pool):
     torch.manual_seed(0)
-    net = AttentionGatedResNet18(num_classes=3).eval()
+    net = AttentionGatedResNet18(num_classes=3, stem_pool=stem_pool).eval()
     x, targets = torch.randn(2, 1, 64, 64), [0, 2]
     raw = branch_contributions(net, x, targets)
-    assert {k: tuple(v.shape) for k, v in raw.items()} == {"layer4": (2, 2, 2), "gate2": (2, 8, 8), "gate3": (2, 4, 4)}
+    f = 1 if stem_pool else 2  # without the stem's max-pool every map is twice as fine
+    assert {k: tuple(v.shape) for k, v in raw.items()} == {"layer4": (2, 2 * f, 2 * f), "gate2": (2, 8 * f, 8 * f),
+                                                           "gate3": (2, 4 * f, 4 * f)}
     C = 3
     heads = [net.head2, net.head3, net.head4]
     bias = torch.stack([net.fuse.bias[t] + sum(net.fuse.weight[t, k * C:(k + 1) * C] @ h.bias for k, h in enumerate(heads))
@@ -94,6 +97,13 @@ def test_every_map_at_input_resolution_in_unit_range():
     assert set(maps) == {"gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "random"}  # no decoder
     for m in maps.values():
         assert m.shape == (2, 64, 64) and m.min() >= 0 and m.max() <= 1
+    # the finer trunk (no stem max-pool) and its decoder: every map still lands on the input's pixels
+    fine = AttentionGatedResNet18(3, lesion_decoder=True, stem_pool=False).eval()
+    maps = explain_batch(fine, torch.randn(2, 1, 64, 64), [0, 2], rng=np.random.default_rng(0))
+    assert set(maps) == {"gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "decoder", "random"}
+    for name, m in maps.items():
+        assert m.shape == (2, 64, 64) and m.min() >= 0 and m.max() <= 1, name
+        assert m.std() > 0, name  # not a flat map
     plain = explain_batch(AttentionGatedResNet18(3, attention=False).eval(), torch.randn(1, 1, 64, 64), [0])
     assert "gate2" not in plain and "gradcam" in plain
 
