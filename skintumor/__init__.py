@@ -1,4 +1,5 @@
 """skintumor: deep-learning classifiers for ultrasound images of benign skin tumours."""
+
 import os
 
 # albumentations asks PyPI for its latest version on every import (2 s timeout): no network calls

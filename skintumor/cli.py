@@ -1,4 +1,5 @@
 """What the command-line entry points share: the user's input errors as one line, not a traceback."""
+
 from __future__ import annotations
 
 import sys
@@ -8,8 +9,7 @@ from hydra.errors import InstantiationException
 from rich.console import Console
 from rich.markup import escape
 
-from skintumor.errors import ConfigError, DataError
-from skintumor.models.attention_resnet import WeightsError
+from skintumor.errors import ConfigError, DataError, WeightsError
 
 
 @contextmanager

@@ -6,6 +6,7 @@
 - :class:`OneDevicePerJob` gives each parallel job its own GPU (or its share of the CPU threads);
   it acts only when the launcher runs several jobs at once (``hydra/launcher=parallel``).
 """
+
 from __future__ import annotations
 
 import os
@@ -53,11 +54,15 @@ class CrossValidationReport(Callback):
             if len(member_dirs) > 1:  # one member (e.g. seed=1 on the command line) has its report already
                 out = ensemble_sweeps(member_dirs, sweep_dir / "ensemble")
                 build_report(out, n_boot=self.n_boot, seed=self.seed, console=console)
-                console.print(f"cross-validation report of the {len(member_dirs)} members' ensemble: "
-                              f"{out / 'report.html'}", soft_wrap=True)
+                console.print(
+                    f"cross-validation report of the {len(member_dirs)} members' ensemble: {out / 'report.html'}",
+                    soft_wrap=True,
+                )
         except Exception as err:  # noqa: BLE001 - the sweep's results must survive a report bug
-            console.print(f"[bold red]report not written:[/] {err} "
-                          f"(retry: python -m skintumor.report {sweep_dir})", soft_wrap=True)
+            console.print(
+                f"[bold red]report not written:[/] {err} (retry: python -m skintumor.report {sweep_dir})",
+                soft_wrap=True,
+            )
 
 
 class OneDevicePerJob(Callback):

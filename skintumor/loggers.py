@@ -1,4 +1,5 @@
 """Experiment loggers that work with no account and no network."""
+
 from __future__ import annotations
 
 import netrc
@@ -9,7 +10,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 
 def wandb_mode(mode: str = "auto") -> str:
-    """"auto" -> WANDB_MODE if set, "online" when logged in (API key or ~/.netrc), else "offline"."""
+    """ "auto" -> WANDB_MODE if set, "online" when logged in (API key or ~/.netrc), else "offline"."""
     if mode != "auto":
         return mode
     if os.environ.get("WANDB_MODE"):

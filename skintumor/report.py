@@ -6,6 +6,7 @@
 
 Thin wrapper around :mod:`skintumor.evaluate.report` and :mod:`skintumor.evaluate.compare`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,18 +14,26 @@ import sys
 
 from rich.console import Console
 
-from skintumor.data.manifest import DataError
+from skintumor.errors import DataError
 from skintumor.evaluate.metrics import ECE_BINS
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skintumor.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR",
-                        help="one sweep directory (report) or two (comparison A vs B on the same folds)")
+    parser.add_argument(
+        "sweeps",
+        nargs="+",
+        metavar="SWEEP_DIR",
+        help="one sweep directory (report) or two (comparison A vs B on the same folds)",
+    )
     parser.add_argument("--out", default=None, help="comparison output folder (default SWEEP_A/compare_<name of B>)")
-    parser.add_argument("--ensemble", metavar="OUT", default=None,
-                        help="average the test probabilities of two or more sweeps (same outer folds) into a new "
-                             "sweep directory OUT, then report it")
+    parser.add_argument(
+        "--ensemble",
+        metavar="OUT",
+        default=None,
+        help="average the test probabilities of two or more sweeps (same outer folds) into a new "
+        "sweep directory OUT, then report it",
+    )
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--bins", type=int, default=ECE_BINS, help=f"ECE bins (default {ECE_BINS})")
@@ -43,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
             out = ensemble_sweeps(args.sweeps, args.ensemble)
             build_report(out, n_boot=args.n_boot, seed=args.seed, n_bins=args.bins, console=console)
-            console.print(f"wrote the ensemble of {len(args.sweeps)} sweeps to {out} (report.md, report.html, figures/)")
+            console.print(
+                f"wrote the ensemble of {len(args.sweeps)} sweeps to {out} (report.md, report.html, figures/)"
+            )
         elif len(args.sweeps) == 1:
             from skintumor.evaluate.report import build_report
 
@@ -52,8 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from skintumor.evaluate.compare import build_comparison
 
-            result = build_comparison(args.sweeps[0], args.sweeps[1], args.out, n_boot=args.n_boot,
-                                      seed=args.seed, n_bins=args.bins, console=console)
+            result = build_comparison(
+                args.sweeps[0],
+                args.sweeps[1],
+                args.out,
+                n_boot=args.n_boot,
+                seed=args.seed,
+                n_bins=args.bins,
+                console=console,
+            )
             console.print(f"wrote {result['out_dir']}/comparison.md, comparison.html, comparison.json")
     except DataError as err:
         console.print(f"[bold red]error:[/] {err}", soft_wrap=True)

@@ -4,11 +4,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import snapshot, write_class_folders
 from skintumor.data.datamodule import UltrasoundDataModule
 from skintumor.data.images import read_greyscale
-from skintumor.data.manifest import DataError, Manifest
+from skintumor.data.manifest import Manifest
 from skintumor.data.sources import csv_manifest, folder_manifest
+from skintumor.errors import DataError
+
+from conftest import snapshot, write_class_folders
 
 
 def test_folder_source_reads_classes_and_patients(tiny_folder):
@@ -20,15 +22,27 @@ def test_folder_source_reads_classes_and_patients(tiny_folder):
 
 def test_groups_that_share_a_patient_are_joined(tmp_path):
     """One group per lesion would put one patient on both sides of a split: such groups are joined."""
-    table = pd.DataFrame({"path": [f"{i}.png" for i in range(5)], "label": ["cyst"] * 5,
-                          "patient_id": ["P1", "P1", "P2", "P3", "P3"], "group_id": ["L1", "L2", "L3", "L4", "L4"]})
+    table = pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(5)],
+            "label": ["cyst"] * 5,
+            "patient_id": ["P1", "P1", "P2", "P3", "P3"],
+            "group_id": ["L1", "L2", "L3", "L4", "L4"],
+        }
+    )
     with pytest.warns(UserWarning, match=r"1 patient\(s\) have images in more than one group_id \(e.g. P1: L1, L2\)"):
         m = Manifest(table, tmp_path)
     assert list(m.table["group_id"]) == ["L1", "L1", "L3", "L4", "L4"]
     assert list(table["group_id"]) == ["L1", "L2", "L3", "L4", "L4"]  # the caller's table is not changed
     # a chain: P4 in groups A and B, P5 in groups B and C -> one group
-    chain = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"], "label": ["cyst"] * 4,
-                          "patient_id": ["P4", "P4", "P5", "P5"], "group_id": ["A", "B", "B", "C"]})
+    chain = pd.DataFrame(
+        {
+            "path": ["a.png", "b.png", "c.png", "d.png"],
+            "label": ["cyst"] * 4,
+            "patient_id": ["P4", "P4", "P5", "P5"],
+            "group_id": ["A", "B", "B", "C"],
+        }
+    )
     with pytest.warns(UserWarning, match="2 patient"):
         assert set(Manifest(chain, tmp_path).table["group_id"]) == {"A"}
 
@@ -47,8 +61,10 @@ def test_missing_root_and_empty_class_folder(tmp_path):
         folder_manifest(tmp_path)
 
 
-@pytest.mark.parametrize("content, problem", [(b"", "empty"), (b"not an image at all", "not a readable image"),
-                                              (None, "not a readable image")])
+@pytest.mark.parametrize(
+    "content, problem",
+    [(b"", "empty"), (b"not an image at all", "not a readable image"), (None, "not a readable image")],
+)
 def test_bad_image_file_names_the_file(tmp_path, content, problem):
     path = tmp_path / "scan.png"
     if content is None:  # truncated PNG
@@ -91,9 +107,15 @@ def test_patient_with_two_classes_warns_and_stays_whole(tmp_path):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_datamodule_batches_and_leaves_user_data_untouched(tiny_folder, num_workers):
     before = snapshot(tiny_folder)
-    dm = UltrasoundDataModule(source="folder", root=str(tiny_folder),
-                              options={"patients_csv": str(tiny_folder / "patients.csv")},
-                              image_size=32, batch_size=4, n_folds=3, num_workers=num_workers)
+    dm = UltrasoundDataModule(
+        source="folder",
+        root=str(tiny_folder),
+        options={"patients_csv": str(tiny_folder / "patients.csv")},
+        image_size=32,
+        batch_size=4,
+        n_folds=3,
+        num_workers=num_workers,
+    )
     dm.setup()
     x, y, rows = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 1, 32, 32) and x.dtype == torch.float32
@@ -107,8 +129,15 @@ def test_datamodule_batches_and_leaves_user_data_untouched(tiny_folder, num_work
 def test_nested_datamodule_tests_on_the_validation_part_and_records_it(tiny_folder, tmp_path):
     """data.nested=true: the test loader serves the plain run's validation rows, never its test fold,
     and split.json says the run was a nested (judging) one."""
-    kwargs = dict(source="folder", root=str(tiny_folder), options={"patients_csv": str(tiny_folder / "patients.csv")},
-                  image_size=32, batch_size=4, n_folds=3, val_fraction=0.25)
+    kwargs = dict(
+        source="folder",
+        root=str(tiny_folder),
+        options={"patients_csv": str(tiny_folder / "patients.csv")},
+        image_size=32,
+        batch_size=4,
+        n_folds=3,
+        val_fraction=0.25,
+    )
     plain, nested = UltrasoundDataModule(**kwargs), UltrasoundDataModule(**kwargs, nested=True)
     plain.setup(), nested.setup()
     test_rows = torch.cat([b[2] for b in nested.test_dataloader()])
@@ -116,3 +145,13 @@ def test_nested_datamodule_tests_on_the_validation_part_and_records_it(tiny_fold
     assert not set(nested.split.train.tolist()) & set(plain.split.test.tolist())
     nested.write_split(tmp_path)
     assert '"nested": true' in (tmp_path / "split.json").read_text()
+
+
+def test_csv_paths_may_start_with_the_home_folder(tmp_path, monkeypatch):
+    """``data.options.manifest=~/scans/m.csv``: Hydra passes ``~`` through, the reader expands it."""
+    folder = write_class_folders(tmp_path / "scans", patients_per_class=1, images_per_patient=1)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rows = ["path,label,patient_id"] + [f"{c}/{c}0_0.png,{c},{c}-0" for c in ("cyst", "lipoma", "pilomatricoma")]
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    manifest = Manifest.from_csv("~/scans/m.csv")
+    assert len(manifest) == 3 and manifest.root == folder

@@ -1,17 +1,14 @@
 """Explanations: CAMs find what a hand-made model uses, metrics and statistics give known answers, the CLI
 explains a tiny trained run (images with lesion masks and one finding column)."""
+
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
-from conftest import REPO
 from skintumor.explain import agreement as agr
 from skintumor.explain.__main__ import main as explain_main
 from skintumor.explain.cam import branch_cam, branch_contributions, explain_batch, gradient_cam, normalise
@@ -69,26 +66,26 @@ def test_hirescam_ignores_a_decoy_gradcam_cannot():
     assert grad[:, 7:9, 30:32].min() > 0.9
 
 
-@pytest.mark.parametrize("stem_pool", [True, False])
-def test_branch_cam_decomposes_the_logit(stem_pool):
+def test_branch_cam_decomposes_the_logit():
     torch.manual_seed(0)
-    net = AttentionGatedResNet18(num_classes=3, stem_pool=stem_pool).eval()
+    net = AttentionGatedResNet18(num_classes=3).eval()
     x, targets = torch.randn(2, 1, 64, 64), [0, 2]
     raw = branch_contributions(net, x, targets)
-    f = 1 if stem_pool else 2  # without the stem's max-pool every map is twice as fine
-    assert {k: tuple(v.shape) for k, v in raw.items()} == {"layer4": (2, 2 * f, 2 * f), "gate2": (2, 8 * f, 8 * f),
-                                                           "gate3": (2, 4 * f, 4 * f)}
+    assert {k: tuple(v.shape) for k, v in raw.items()} == {"layer4": (2, 2, 2), "gate2": (2, 8, 8), "gate3": (2, 4, 4)}
     C = 3
     heads = [net.head2, net.head3, net.head4]
-    bias = torch.stack([net.fuse.bias[t] + sum(net.fuse.weight[t, k * C:(k + 1) * C] @ h.bias for k, h in enumerate(heads))
-                        for t in targets])
+    bias = torch.stack(
+        [
+            net.fuse.bias[t] + sum(net.fuse.weight[t, k * C : (k + 1) * C] @ h.bias for k, h in enumerate(heads))
+            for t in targets
+        ]
+    )
     with torch.no_grad():
         logits = net(x)[torch.arange(2), torch.tensor(targets)]
         total = sum(r.sum(dim=(1, 2)) for r in raw.values()) + bias
     torch.testing.assert_close(total, logits, rtol=1e-4, atol=1e-4)
-    for variant in (AttentionGatedResNet18(3, aggregation="concat"), AttentionGatedResNet18(3, attention=False)):
-        cam = branch_cam(variant.eval(), x, targets)
-        assert cam.shape == (2, 64, 64) and 0 <= cam.min() and cam.max() <= 1
+    cam = branch_cam(AttentionGatedResNet18(3, attention=False).eval(), x, targets)
+    assert cam.shape == (2, 64, 64) and 0 <= cam.min() and cam.max() <= 1
 
 
 def test_every_map_at_input_resolution_in_unit_range():
@@ -97,9 +94,9 @@ def test_every_map_at_input_resolution_in_unit_range():
     assert set(maps) == {"gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "random"}  # no decoder
     for m in maps.values():
         assert m.shape == (2, 64, 64) and m.min() >= 0 and m.max() <= 1
-    # the finer trunk (no stem max-pool) and its decoder: every map still lands on the input's pixels
-    fine = AttentionGatedResNet18(3, lesion_decoder=True, stem_pool=False).eval()
-    maps = explain_batch(fine, torch.randn(2, 1, 64, 64), [0, 2], rng=np.random.default_rng(0))
+    # with the decoder: every map lands on the input's pixels
+    decoder = AttentionGatedResNet18(3, lesion_decoder=True).eval()
+    maps = explain_batch(decoder, torch.randn(2, 1, 64, 64), [0, 2], rng=np.random.default_rng(0))
     assert set(maps) == {"gradcam", "hirescam", "gradcam++", "branch_cam", "gate2", "gate3", "decoder", "random"}
     for name, m in maps.items():
         assert m.shape == (2, 64, 64) and m.min() >= 0 and m.max() <= 1, name
@@ -182,8 +179,15 @@ def test_unpaired_test_and_findings_table():
     assert same["p"] > 0.05
     n = 40
     finding = np.r_[np.ones(n // 2), np.zeros(n // 2)].astype(int)
-    per_image = pd.DataFrame({"image": range(n), "method": "gradcam", "label": "cyst", "posterior_enhancement": finding,
-                              "energy_below": np.where(finding == 1, 0.4, 0.1) + rng.normal(0, 0.05, n)})
+    per_image = pd.DataFrame(
+        {
+            "image": range(n),
+            "method": "gradcam",
+            "label": "cyst",
+            "posterior_enhancement": finding,
+            "energy_below": np.where(finding == 1, 0.4, 0.1) + rng.normal(0, 0.05, n),
+        }
+    )
     table = agr.findings_tests(per_image, ["gradcam"])
     assert set(table["subset"]) == {"all", "cyst"} and (table["region"] == "below").all()
     assert (table["p"] < 1e-4).all() and (table["r"] > 0.9).all()
@@ -204,64 +208,71 @@ def test_road_separates_a_faithful_map_from_its_inverse():
 
 
 # -- the command on a tiny trained run ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def masked_run(tmp_path_factory):
-    """A CSV manifest of 3 classes x 5 patients x 2 images (40 px) with lesion masks and a finding; trained 1 epoch."""
-    data = tmp_path_factory.mktemp("masked")
-    rng = np.random.default_rng(0)
-    rows = []
-    for c, cls in enumerate(("cyst", "lipoma", "pilomatricoma")):
-        for p in range(5):
-            for v in range(2):
-                img = rng.integers(0, 60, (40, 40), dtype=np.uint8)
-                mask = np.zeros((40, 40), np.uint8)
-                top, left = 8 + 2 * v, 6 + 8 * c
-                mask[top:top + 12, left:left + 14] = 255
-                img[mask > 0] += 120 + 30 * c
-                Image.fromarray(img).save(data / f"{cls}{p}_{v}.png")
-                Image.fromarray(mask).save(data / f"{cls}{p}_{v}_mask.png")
-                rows.append({"path": f"{cls}{p}_{v}.png", "label": cls, "patient_id": f"{cls}-{p}",
-                             "mask_path": f"{cls}{p}_{v}_mask.png", "calcification": int(rng.random() < 0.5)})
-    pd.DataFrame(rows).to_csv(data / "manifest.csv", index=False)
-    run_dir = tmp_path_factory.mktemp("run") / "r"
-    proc = subprocess.run([sys.executable, "-m", "skintumor.train", "data=csv", f"data.options.manifest={data}/manifest.csv",
-                           "data.image_size=32", "data.n_folds=3", "data.batch_size=8", "trainer.max_epochs=1",
-                           "data.dedup=false", "trainer.accelerator=cpu", "logger=csv", "callbacks.progress_bar=null",
-                           f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
-
-
-def test_explain_command_writes_overlays_and_statistics(masked_run, capsys):
+def test_explain_command_writes_overlays_and_statistics(tiny_run, tmp_path, capsys):
     # at 32 px layer4 is a 1x1 grid (a constant map); layer3 is 2x2
-    assert explain_main([str(masked_run), "--road-images", "2", "--road-percentiles", "50", "--target-layer", "layer3"]) == 0
-    out = masked_run / "explain"
-    n_test = len(json.loads((masked_run / "split.json").read_text())["test"])
+    out = tmp_path / "explain"
+    assert (
+        explain_main(
+            [
+                str(tiny_run),
+                "--road-images",
+                "2",
+                "--road-percentiles",
+                "50",
+                "--target-layer",
+                "layer3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    n_test = len(json.loads((tiny_run / "split.json").read_text())["test"])
     assert len(list((out / "overlays").glob("*.png"))) == n_test
-    assert {p.name for p in out.glob("gallery_*.png")} == {"gallery_cyst.png", "gallery_lipoma.png", "gallery_pilomatricoma.png"}
+    assert {p.name for p in out.glob("gallery_*.png")} == {
+        "gallery_cyst.png",
+        "gallery_lipoma.png",
+        "gallery_pilomatricoma.png",
+    }
     table = pd.read_csv(out / "agreement.csv")
-    assert len(table) == n_test * 8  # 7 maps + the centre baseline per image
+    assert len(table) == n_test * 9  # 8 maps (the decoder's too) + the centre baseline per image
     assert table["has_mask"].all() and table["energy"].between(0, 1).all() and set(table["hit"]) <= {0, 1}
-    assert table["road"].notna().sum() == 2 * 7 and "calcification" in table
+    assert table["road"].notna().sum() == 2 * 8 and "calcification" in table
     result = json.loads((out / "agreement.json").read_text())
     assert result["n_with_mask"] == n_test and result["settings"]["tolerance_px"] == 2
-    assert result["checkpoint"] == "checkpoints/best.ckpt"  # the one the run tested
+    assert result["checkpoint"] == "checkpoints/last.ckpt"  # the one the run tested
     rows = pd.DataFrame(result["agreement"])
     assert {"all", "cyst"} <= set(rows["subset"]) and set(rows["baseline"]) == {"random", "centre"}
     assert rows["p"].between(0, 1).all() and rows["r"].between(-1, 1).all()
     assert "Agreement with the lesion" in (out / "agreement.md").read_text()
     # a second run never overwrites, and a wrong folder is one clear line
-    assert explain_main([str(masked_run)]) == 2
-    assert explain_main([str(masked_run / "nothing")]) == 2
+    assert explain_main([str(tiny_run), "--out", str(out)]) == 2
+    assert explain_main([str(tiny_run / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "already holds explanations" in err and "metrics_val.json: not found" in err and "Traceback" not in err
 
 
-def test_explain_with_chosen_methods_still_has_its_random_baseline(masked_run, tmp_path):
+def test_explain_with_chosen_methods_still_has_its_random_baseline(tiny_run, tmp_path):
     """--methods without `random` used to crash after all the work: the baseline is always made."""
     out = tmp_path / "chosen"
-    assert explain_main([str(masked_run), "--methods", "gradcam,gate3", "--road-images", "2",
-                         "--road-percentiles", "50", "--target-layer", "layer3", "--out", str(out)]) == 0
+    assert (
+        explain_main(
+            [
+                str(tiny_run),
+                "--methods",
+                "gradcam,gate3",
+                "--road-images",
+                "2",
+                "--road-percentiles",
+                "50",
+                "--target-layer",
+                "layer3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "agreement.csv")
     assert set(table["method"]) == {"gradcam", "gate3", "random", "centre"}
     rows = pd.DataFrame(json.loads((out / "agreement.json").read_text())["agreement"])

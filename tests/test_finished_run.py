@@ -1,4 +1,5 @@
 """A finished run read back from its directory sees exactly what training saw."""
+
 import json
 import shutil
 
@@ -7,17 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CLASSES, train_tiny
-from skintumor.data.manifest import DataError
+from skintumor.errors import DataError
 from skintumor.evaluate.finished_run import FinishedRun
 
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_folder, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    proc = train_tiny(tiny_folder, run_dir, "model.tta=hflip", "model.decision=balanced")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+from conftest import CLASSES
 
 
 def test_reopened_run_reproduces_its_test_predictions(tiny_run):
@@ -38,13 +32,13 @@ def test_reopened_run_reproduces_its_test_predictions(tiny_run):
     np.testing.assert_allclose(scores, saved[[f"score_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
 
 
-def test_the_last_epoch_opens_on_request(tiny_run):
+def test_the_other_checkpoint_opens_on_request(tiny_run):
     from skintumor.models.module import load_classifier
 
-    last = FinishedRun.open(tiny_run, "last.ckpt")
-    direct = load_classifier(tiny_run / "checkpoints" / "last.ckpt").state_dict()
-    assert all(torch.equal(v, direct[k]) for k, v in last.classifier.state_dict().items())
-    assert not last.classifier.decision_offsets.any()  # only best.ckpt carries the chosen offsets
+    best = FinishedRun.open(tiny_run, "best.ckpt")
+    direct = load_classifier(tiny_run / "checkpoints" / "best.ckpt").state_dict()
+    assert all(torch.equal(v, direct[k]) for k, v in best.classifier.state_dict().items())
+    assert not best.classifier.decision_offsets.any()  # only the tested last.ckpt carries the chosen offsets
     with pytest.raises(DataError, match=r"epoch3\.ckpt: not a run's checkpoint"):
         FinishedRun.open(tiny_run, "epoch3.ckpt")
 
@@ -59,8 +53,8 @@ def test_a_run_with_a_missing_or_broken_file_names_it(tiny_run, tmp_path):
     with pytest.raises(DataError, match=r"metrics_val\.json: not found \(is .* a finished training run\?\)"):
         FinishedRun.open(copy)
     shutil.copy(tiny_run / "metrics_val.json", copy)
-    (copy / "checkpoints" / "best.ckpt").unlink()
-    with pytest.raises(DataError, match=r"best\.ckpt: not found \(is .* a finished training run\?\)"):
+    (copy / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(DataError, match=r"last\.ckpt: not found \(is .* a finished training run\?\)"):
         FinishedRun.open(copy)
 
 
@@ -69,7 +63,7 @@ def test_a_broken_or_foreign_checkpoint_is_named(tiny_run, tmp_path):
 
     from skintumor.models.module import load_classifier
 
-    good = (tiny_run / "checkpoints" / "best.ckpt").read_bytes()
+    good = (tiny_run / "checkpoints" / "last.ckpt").read_bytes()
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good[: len(good) // 2])
     with pytest.raises(DataError, match=r"truncated\.ckpt: not a readable checkpoint"):

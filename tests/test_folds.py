@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from skintumor.data.folds import PatientGroupedFolds, Split, assert_disjoint_groups
-from skintumor.data.manifest import DataError
+from skintumor.errors import DataError
 
 
 def _study_like(seed=0):

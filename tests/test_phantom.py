@@ -1,4 +1,5 @@
 """The synthetic phantom: plan, physics, ground truth, cache, CLI. Tiny sets only (fast)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,17 +8,31 @@ from scipy import ndimage
 
 from skintumor.data import phantom
 from skintumor.data.images import read_greyscale, read_mask
-from skintumor.data.manifest import CORE_COLUMNS, DataError, Manifest
-from skintumor.data.phantom import (CLASSES, FINDINGS, ViewPlan, generate_phantom, plan_phantom, render_view,
-                                    speckle_envelope)
+from skintumor.data.manifest import CORE_COLUMNS, Manifest
+from skintumor.data.phantom import (  # the modules whose internals are checked or patched
+    CLASSES,
+    FINDINGS,
+    ViewPlan,
+    acoustics,
+    dataset,
+    generate_phantom,
+    plan_phantom,
+    render_view,
+    rendering,
+    speckle_envelope,
+)
+from skintumor.data.phantom.__main__ import main
 from skintumor.data.sources import load_source
+from skintumor.errors import DataError
 
 TINY = dict(n_patients=(2, 2, 2), n_images=9, image_size=64, seed=3, progress=False)
 
 
 def _views(label, variant="typical", n=4, small=False):
-    return [render_view(ViewPlan(f"T{i}", label, variant, small, i, 1, 11), image_size=128, p_annotated=0.0)
-            for i in range(n)]
+    return [
+        render_view(ViewPlan(f"T{i}", label, variant, small, i, 1, 11), image_size=128, p_annotated=0.0)
+        for i in range(n)
+    ]
 
 
 def test_default_plan_mirrors_the_study():
@@ -88,12 +103,12 @@ def test_speckle_is_fully_developed_and_correlated():
 
 
 def test_attenuation_darkens_depth_and_tgc_only_partly_restores_it():
-    anatomy, lesion = phantom._patient_scene(ViewPlan("T", "lipoma", "typical", False, 0, 1, 5))
-    view = phantom._view_params(ViewPlan("T", "lipoma", "typical", False, 0, 1, 5), anatomy, lesion, 0.0)
-    maps = phantom.tissue_maps(anatomy, lesion, view, 64)
+    anatomy, lesion = rendering._patient_scene(ViewPlan("T", "lipoma", "typical", False, 0, 1, 5))
+    view = rendering._view_params(ViewPlan("T", "lipoma", "typical", False, 0, 1, 5), anatomy, lesion, 0.0)
+    maps = rendering.tissue_maps(anatomy, lesion, view, 64)
     cumulative = np.cumsum(maps.alpha, axis=0) * maps.dz
     assert np.all(np.diff(cumulative, axis=0) >= 0)
-    residual = 2 * (view.tgc_fraction * phantom.ALPHA_REF * maps.z[-1] - cumulative[-1].mean())
+    residual = 2 * (view.tgc_fraction * acoustics.ALPHA_REF * maps.z[-1] - cumulative[-1].mean())
     assert residual < 0  # the deepest row stays darker than the surface after TGC
 
 
@@ -147,15 +162,22 @@ def test_load_source_generates_once_then_reuses_the_cache(tmp_path, monkeypatch)
     options = {k: v for k, v in TINY.items()}
     first = load_source("phantom", root=tmp_path, n_jobs=1, **options)
     folders = [p.name for p in tmp_path.iterdir()]
-    assert folders == [phantom.phantom_key(**{k: v for k, v in options.items() if k != "progress"},
-                                           p_cyst_no_enhancement=0.15, p_pilomatricoma_no_calcification=0.2,
-                                           p_lipoma_hypoechoic=0.2, p_small=0.1, p_annotated=0.3)]
+    assert folders == [
+        phantom.phantom_key(
+            **{k: v for k, v in options.items() if k != "progress"},
+            p_cyst_no_enhancement=0.15,
+            p_pilomatricoma_no_calcification=0.2,
+            p_lipoma_hypoechoic=0.2,
+            p_small=0.1,
+            p_annotated=0.3,
+        )
+    ]
     assert first.classes == list(CLASSES) and len(first) == 9
 
     def no_generation(*args, **kwargs):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(phantom, "generate_phantom", no_generation)
+    monkeypatch.setattr(dataset, "generate_phantom", no_generation)
     second = load_source("phantom", root=tmp_path, n_jobs=1, **options)
     assert second.table.equals(first.table)
     with pytest.raises(AssertionError):  # other parameters: a new folder would be generated
@@ -166,7 +188,7 @@ def test_interrupted_generation_leaves_no_cache(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(phantom, "_render_and_write", broken)
+    monkeypatch.setattr(dataset, "_render_and_write", broken)
     with pytest.raises(KeyboardInterrupt):
         phantom.phantom_manifest(tmp_path, n_jobs=1, **TINY)
     assert list(tmp_path.iterdir()) == []
@@ -177,14 +199,14 @@ def test_cli_refuses_a_foreign_folder_and_rewrites_its_own(tmp_path, capsys):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     args = ["--n-patients", "1", "1", "1", "--n-images", "3", "--image-size", "64", "--jobs", "1"]
-    assert phantom.main(["--out", str(foreign), *args]) == 2
+    assert main(["--out", str(foreign), *args]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
     out = tmp_path / "phantom"
-    assert phantom.main(["--out", str(out), *args]) == 0
+    assert main(["--out", str(out), *args]) == 0
     first = (out / "manifest.csv").read_bytes()
-    assert phantom.main(["--out", str(out), *args]) == 0  # its own output may be regenerated
+    assert main(["--out", str(out), *args]) == 0  # its own output may be regenerated
     assert (out / "manifest.csv").read_bytes() == first
     assert len(list((out / "images").iterdir())) == 3
 
@@ -192,7 +214,7 @@ def test_cli_refuses_a_foreign_folder_and_rewrites_its_own(tmp_path, capsys):
 def test_cli_figure_only_writes_a_png_and_no_data(tmp_path):
     figure = tmp_path / "examples.png"
     args = ["--n-patients", "2", "1", "1", "--n-images", "5", "--image-size", "64"]
-    assert phantom.main(["--figure-only", "--figure", str(figure), *args]) == 0
+    assert main(["--figure-only", "--figure", str(figure), *args]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["examples.png"]
     assert read_greyscale(figure).shape[0] > 100
-    assert phantom.main(["--figure-only", "--figure", str(figure), *args]) == 2  # never overwrites a file
+    assert main(["--figure-only", "--figure", str(figure), *args]) == 2  # never overwrites a file

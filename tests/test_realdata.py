@@ -1,4 +1,5 @@
 """Real data in: image formats, DICOM, BUSI layout, CSV errors, scan-area crop, duplicates, the check."""
+
 from __future__ import annotations
 
 import io
@@ -17,19 +18,20 @@ from skintumor.data.dedup import apply_duplicate_groups, find_duplicates
 from skintumor.data.dicom import dicom_header, is_dicom
 from skintumor.data.folds import PatientGroupedFolds
 from skintumor.data.images import read_greyscale, read_mask
-from skintumor.data.manifest import DataError, Manifest
+from skintumor.data.manifest import Manifest
 from skintumor.data.scan_area import crop_scan_area, find_scan_area
 from skintumor.data.sources import busi_manifest, csv_manifest, dicom_manifest, folder_manifest, load_source
+from skintumor.errors import DataError
 
 BUSI = Path("../shared/data/busi")
 
 
 # ---------------------------------------------------------------- helpers
 
+
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``folder`` with (size, mtime_ns): equal snapshots mean nothing was written."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
 def texture(seed: int, shape=(120, 160)) -> np.ndarray:
@@ -47,8 +49,15 @@ def save_png(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def write_dicom(path: Path, array: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 8,
-                patient_id: str | None = None, pixel_spacing=None, us_region_cm=None) -> Path:
+def write_dicom(
+    path: Path,
+    array: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 8,
+    patient_id: str | None = None,
+    pixel_spacing=None,
+    us_region_cm=None,
+) -> Path:
     """A small synthetic DICOM (multi-frame when ``array`` is FxHxW or FxHxWx3)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
@@ -77,11 +86,24 @@ def write_dicom(path: Path, array: np.ndarray, photometric: str = "MONOCHROME2",
 GREY = np.tile(np.arange(256, dtype=np.uint8), (3, 1))[:, ::-1].reshape(24, 32)  # every grey level once
 
 
-@pytest.mark.parametrize("fmt,mode", [
-    ("png", "L"), ("png", "I;16"), ("png", "RGB"), ("png", "RGBA"), ("png", "P"), ("png", "LA"),
-    ("tiff", "L"), ("tiff", "I;16"), ("tiff", "RGB"), ("tiff", "RGBA"), ("bmp", "L"), ("bmp", "RGB"),
-    ("bmp", "P"),
-])
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [
+        ("png", "L"),
+        ("png", "I;16"),
+        ("png", "RGB"),
+        ("png", "RGBA"),
+        ("png", "P"),
+        ("png", "LA"),
+        ("tiff", "L"),
+        ("tiff", "I;16"),
+        ("tiff", "RGB"),
+        ("tiff", "RGBA"),
+        ("bmp", "L"),
+        ("bmp", "RGB"),
+        ("bmp", "P"),
+    ],
+)
 def test_every_format_and_depth_gives_the_same_grey(tmp_path, fmt, mode):
     if mode == "I;16":
         img = Image.fromarray(GREY.astype(np.uint16) * 257)  # the same picture at 16 bit
@@ -109,8 +131,14 @@ def test_colour_becomes_luma_the_same_way_in_every_container(tmp_path):
     rgb = colours[rng.integers(0, 16, (20, 30))]  # 16 colours: a palette holds them exactly
     expected = np.asarray(Image.fromarray(rgb).convert("L")).astype(int)
     img = Image.fromarray(rgb)
-    for name, im in [("a.png", img), ("b.tiff", img), ("c.bmp", img), ("d.png", img.convert("RGBA")),
-                     ("e.png", img.quantize(16)), ("f.tiff", img.convert("RGBA"))]:
+    for name, im in [
+        ("a.png", img),
+        ("b.tiff", img),
+        ("c.bmp", img),
+        ("d.png", img.convert("RGBA")),
+        ("e.png", img.quantize(16)),
+        ("f.tiff", img.convert("RGBA")),
+    ]:
         im.save(tmp_path / name)
         assert np.abs(read_greyscale(tmp_path / name).astype(int) - expected).max() <= 1, name
 
@@ -125,11 +153,14 @@ def test_bit_depth_not_image_brightness_sets_the_scale(tmp_path):
     assert read_greyscale(tmp_path / "dark_rgb.png").max() == 1
 
 
-@pytest.mark.parametrize("content,problem", [
-    (b"", "empty"),
-    (b"this is a text file, not a picture\n", "not a readable image"),
-    ("truncated", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        (b"", "empty"),
+        (b"this is a text file, not a picture\n", "not a readable image"),
+        ("truncated", "not a readable image"),
+    ],
+)
 def test_bad_image_files_give_a_data_error_naming_the_file(tmp_path, content, problem):
     if content == "truncated":
         buf = io.BytesIO()
@@ -180,6 +211,7 @@ def test_mask_of_the_wrong_size_names_the_mask(tmp_path):
 
 
 # ---------------------------------------------------------------- DICOM
+
 
 def test_dicom_greyscale_16bit_monochrome1_rgb_ybr_round_trip(tmp_path):
     from pydicom.pixels import convert_color_space
@@ -274,20 +306,29 @@ def test_dicom_source_patient_ids_spacing_and_clips(tmp_path):
     assert rows.loc["lipoma/a.dcm", "patient_id"] == rows.loc["lipoma/b.dcm", "patient_id"] == "P1"
     assert rows.loc["cyst/IM0004", "patient_id"] == "P2"
     assert rows.loc["cyst/c.dcm", "patient_id"] == "img:cyst/c.dcm"
-    assert (rows.loc["lipoma/a.dcm", "pixel_spacing_row_mm"], rows.loc["lipoma/a.dcm", "pixel_spacing_col_mm"]) == ("0.1", "0.12")
-    assert (rows.loc["lipoma/b.dcm", "pixel_spacing_row_mm"], rows.loc["lipoma/b.dcm", "pixel_spacing_col_mm"]) == ("0.15", "0.2")
+    assert (rows.loc["lipoma/a.dcm", "pixel_spacing_row_mm"], rows.loc["lipoma/a.dcm", "pixel_spacing_col_mm"]) == (
+        "0.1",
+        "0.12",
+    )
+    assert (rows.loc["lipoma/b.dcm", "pixel_spacing_row_mm"], rows.loc["lipoma/b.dcm", "pixel_spacing_col_mm"]) == (
+        "0.15",
+        "0.2",
+    )
     assert rows.loc["cyst/c.dcm", "n_frames"] == "3" and rows.loc["cyst/c.dcm", "pixel_spacing_row_mm"] == ""
     with pytest.raises(DataError, match=r"c\.dcm: multi-frame DICOM clip"):
         dicom_manifest(root, multiframe="refuse")
     assert dicom_header(root / "lipoma" / "a.dcm")["patient_id"] == "P1"
     # labels from a CSV; the CSV's patient ids win, PatientID fills the gaps
-    pd.DataFrame({"path": ["lipoma/a.dcm", "cyst/IM0004"], "label": ["lipoma", "cyst"]}).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame({"path": ["lipoma/a.dcm", "cyst/IM0004"], "label": ["lipoma", "cyst"]}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
     m = dicom_manifest(root, manifest=tmp_path / "m.csv")
     assert list(m.table["patient_id"]) == ["P1", "P2"] and m.classes == ["cyst", "lipoma"]
     assert snapshot(root) == before
 
 
 # ---------------------------------------------------------------- CSV and folder sources
+
 
 @pytest.fixture
 def class_folder(tmp_path) -> Path:
@@ -298,14 +339,19 @@ def class_folder(tmp_path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("table,problem", [
-    ({"path": ["cyst/c0.png"], "patient_id": ["p"]}, r"missing column\(s\) label"),
-    ({"path": ["cyst/c0.png"], "label": ["melanoma"], "patient_id": ["p"]}, "unknown class 'melanoma'"),
-    ({"path": ["../escape.png"], "label": ["cyst"], "patient_id": ["p"]}, "points outside the data root"),
-    ({"path": ["cyst/nope.png"], "label": ["cyst"], "patient_id": ["p"]}, "does not exist"),
-    ({"path": ["cyst/c0.png"], "label": ["cyst"], "patient_id": ["p"], "mask_path": ["/etc/passwd"]},
-     "points outside the data root"),
-])
+@pytest.mark.parametrize(
+    "table,problem",
+    [
+        ({"path": ["cyst/c0.png"], "patient_id": ["p"]}, r"missing column\(s\) label"),
+        ({"path": ["cyst/c0.png"], "label": ["melanoma"], "patient_id": ["p"]}, "unknown class 'melanoma'"),
+        ({"path": ["../escape.png"], "label": ["cyst"], "patient_id": ["p"]}, "points outside the data root"),
+        ({"path": ["cyst/nope.png"], "label": ["cyst"], "patient_id": ["p"]}, "does not exist"),
+        (
+            {"path": ["cyst/c0.png"], "label": ["cyst"], "patient_id": ["p"], "mask_path": ["/etc/passwd"]},
+            "points outside the data root",
+        ),
+    ],
+)
 def test_csv_problems_name_the_csv(class_folder, table, problem):
     csv = class_folder.parent / "manifest.csv"
     pd.DataFrame(table).to_csv(csv, index=False)
@@ -319,8 +365,15 @@ def test_csv_problems_name_the_csv(class_folder, table, problem):
 def test_csv_keeps_extra_columns_and_multi_masks(class_folder):
     save_png(class_folder / "cyst" / "c0_m.png", np.zeros((120, 160), np.uint8))
     csv = class_folder / "m.csv"
-    pd.DataFrame({"path": ["cyst/c0.png", "lipoma/l0.png"], "label": ["cyst", "lipoma"], "patient_id": ["a", "b"],
-                  "mask_path": ["cyst/c0_m.png;cyst/c0_m.png", ""], "site": ["arm", "neck"]}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {
+            "path": ["cyst/c0.png", "lipoma/l0.png"],
+            "label": ["cyst", "lipoma"],
+            "patient_id": ["a", "b"],
+            "mask_path": ["cyst/c0_m.png;cyst/c0_m.png", ""],
+            "site": ["arm", "neck"],
+        }
+    ).to_csv(csv, index=False)
     m = csv_manifest(manifest=csv)
     assert list(m.table["site"]) == ["arm", "neck"] and len(m.mask_paths(0)) == 2 and m.mask_path(1) is None
 
@@ -334,6 +387,7 @@ def test_folder_source_reads_dicom_too(class_folder):
 
 # ---------------------------------------------------------------- BUSI layout
 
+
 @pytest.fixture
 def busi_like(tmp_path) -> Path:
     root = tmp_path / "busi"
@@ -342,7 +396,7 @@ def busi_like(tmp_path) -> Path:
             image = texture(seed + k)
             save_png(root / cls / f"{cls} ({k}).png", image)
             mask = np.zeros(image.shape, np.uint8)
-            mask[20:40, 30 + 10 * k:60 + 10 * k] = 255
+            mask[20:40, 30 + 10 * k : 60 + 10 * k] = 255
             save_png(root / cls / f"{cls} ({k})_mask.png", mask)
     second = np.zeros((120, 160), np.uint8)
     second[80:90, 100:120] = 255
@@ -373,6 +427,7 @@ def test_load_source_busi_default_root_is_relative_to_the_repo_root(monkeypatch,
 
 
 # ---------------------------------------------------------------- scan-area crop
+
 
 def test_find_scan_area_drops_scanner_ui_and_keeps_the_mask_aligned():
     screen = np.zeros((240, 320), np.uint8)
@@ -405,6 +460,7 @@ def test_find_scan_area_keeps_the_whole_image_when_unsure():
 
 # ---------------------------------------------------------------- duplicates
 
+
 def variants(base: np.ndarray) -> dict[str, np.ndarray]:
     """Copies of one 160x200 scan as a clinic produces them: crop shifted, rescaled, JPEG re-saved."""
     h, w = 120, 160
@@ -412,7 +468,7 @@ def variants(base: np.ndarray) -> dict[str, np.ndarray]:
     Image.fromarray(base[:h, :w]).save(buf, "JPEG", quality=70)
     return {
         "orig": base[:h, :w],
-        "shift": base[3:3 + h, 2:2 + w],
+        "shift": base[3 : 3 + h, 2 : 2 + w],
         "rescaled": np.asarray(Image.fromarray(base[:h, :w]).resize((200, 150), Image.BILINEAR)),
         "jpeg": np.asarray(Image.open(buf)),
     }
@@ -421,8 +477,13 @@ def variants(base: np.ndarray) -> dict[str, np.ndarray]:
 def manifest_of(images: dict[str, np.ndarray], labels: dict[str, str], root: Path) -> Manifest:
     for name, image in images.items():
         save_png(root / labels[name] / f"{name}.png", image)
-    table = pd.DataFrame({"path": [f"{labels[n]}/{n}.png" for n in images], "label": [labels[n] for n in images],
-                          "patient_id": [f"img:{n}" for n in images]})
+    table = pd.DataFrame(
+        {
+            "path": [f"{labels[n]}/{n}.png" for n in images],
+            "label": [labels[n] for n in images],
+            "patient_id": [f"img:{n}" for n in images],
+        }
+    )
     return Manifest(table, root)
 
 
@@ -448,7 +509,9 @@ def test_near_duplicates_are_found_and_different_images_are_not_merged(tmp_path)
 
 def test_patient_ids_and_duplicates_join_into_one_group(tmp_path):
     a, b, c = texture(200), texture(201), texture(202)
-    m = manifest_of({"a": a, "b": b, "a_copy": a, "c": c}, {"a": "cyst", "b": "cyst", "a_copy": "cyst", "c": "cyst"}, tmp_path)
+    m = manifest_of(
+        {"a": a, "b": b, "a_copy": a, "c": c}, {"a": "cyst", "b": "cyst", "a_copy": "cyst", "c": "cyst"}, tmp_path
+    )
     table = m.table.drop(columns="group_id").assign(patient_id=["P1", "P1", "P9", "P3"])
     m = Manifest(table, m.root)  # b belongs to P1; a_copy was filed under P9
     grouped = apply_duplicate_groups(m, find_duplicates(m))
@@ -467,7 +530,9 @@ def test_a_users_groups_survive_duplicate_grouping(tmp_path):
 
 def test_label_conflicts_are_reported_and_excluded_when_asked(tmp_path):
     a, b, c = texture(300), texture(301), texture(302)
-    m = manifest_of({"a": a, "a_again": a, "b": b, "c": c}, {"a": "cyst", "a_again": "lipoma", "b": "cyst", "c": "lipoma"}, tmp_path)
+    m = manifest_of(
+        {"a": a, "a_again": a, "b": b, "c": c}, {"a": "cyst", "a_again": "lipoma", "b": "cyst", "c": "lipoma"}, tmp_path
+    )
     report = find_duplicates(m)
     assert len(report.conflicts) == 1 and report.conflict_rows == [0, 1]
     with pytest.warns(UserWarning, match="different labels"):
@@ -483,6 +548,7 @@ def test_label_conflicts_are_reported_and_excluded_when_asked(tmp_path):
 
 
 # ---------------------------------------------------------------- the check
+
 
 def test_check_lists_every_bad_file_and_prepare_refuses(class_folder):
     (class_folder / "cyst" / "empty.png").write_bytes(b"")
@@ -530,15 +596,20 @@ def test_check_warns_about_a_blanked_patient_id(tmp_path):
 
 
 def test_cli_checks_a_csv_manifest(class_folder, capsys):
-    pd.DataFrame({"path": ["cyst/c0.png", "lipoma/l0.png", "cyst/c1.png", "lipoma/l1.png"],
-                  "label": ["cyst", "lipoma", "cyst", "lipoma"],
-                  "patient_id": ["a", "b", "a", "c"]}).to_csv(class_folder / "m.csv", index=False)
+    pd.DataFrame(
+        {
+            "path": ["cyst/c0.png", "lipoma/l0.png", "cyst/c1.png", "lipoma/l1.png"],
+            "label": ["cyst", "lipoma", "cyst", "lipoma"],
+            "patient_id": ["a", "b", "a", "c"],
+        }
+    ).to_csv(class_folder / "m.csv", index=False)
     assert main(["check", str(class_folder / "m.csv")]) == 0
     out = capsys.readouterr().out
     assert "4 images, 3 patients" in out
 
 
 # ---------------------------------------------------------------- the real BUSI copy
+
 
 @pytest.fixture(scope="module")
 def busi_report():
@@ -564,6 +635,7 @@ def test_busi_counts_masks_and_duplicates(busi_report):
 
 
 # ---------------------------------------------------------------- the data module runs the check
+
 
 def test_datamodule_groups_duplicates_and_refuses_bad_files(tmp_path):
     from skintumor.data.datamodule import UltrasoundDataModule
@@ -595,9 +667,23 @@ def test_one_training_epoch_on_busi_at_64_px(tmp_path):
     if not BUSI.is_dir():
         pytest.skip(f"{BUSI} not present")
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "skintumor.train", "data=busi", "data.image_size=64",
-                           "data.batch_size=32", "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv",
-                           f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skintumor.train",
+            "data=busi",
+            "data.image_size=64",
+            "data.batch_size=32",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "logger=csv",
+            f"hydra.run.dir={run}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = pd.read_csv(run / "manifest.csv", dtype=str, keep_default_na=False)
     split = json.loads((run / "split.json").read_text())

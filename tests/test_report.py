@@ -1,4 +1,5 @@
 """Cross-validation report and comparison: metrics by hand, bootstrap, missing folds, paired tests."""
+
 from __future__ import annotations
 
 import io
@@ -15,26 +16,37 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 from torchmetrics.classification import MulticlassCalibrationError
 
-from conftest import load_benchmark
-from skintumor.data.manifest import DataError
+from skintumor.errors import DataError
 from skintumor.evaluate.compare import aligned_predictions, build_comparison, holm, mcnemar
 from skintumor.evaluate.metrics import (
-    HEADLINE, bootstrap_weights, calibration_bins, classification_metrics, confidence_intervals,
-    expected_calibration_error, patient_level, weighted_auroc, weighted_metrics,
+    HEADLINE,
+    bootstrap_weights,
+    calibration_bins,
+    classification_metrics,
+    confidence_intervals,
+    expected_calibration_error,
+    patient_level,
+    weighted_auroc,
+    weighted_metrics,
 )
-from skintumor.evaluate.report import build_report, load_sweep
+from skintumor.evaluate.report import build_report
+from skintumor.evaluate.sweep import load_sweep
 from skintumor.report import main as report_main
 
 CLASSES = ["cyst", "lipoma", "pilo"]
 
 # six hand-checked rows (see test_metrics_by_hand)
 HAND_Y = np.array([0, 0, 1, 1, 2, 2])
-HAND_P = np.array([[0.6, 0.3, 0.1],   # x, predicted x (right)
-                   [0.2, 0.5, 0.3],   # x, predicted y
-                   [0.1, 0.7, 0.2],   # y, predicted y (right)
-                   [0.3, 0.3, 0.4],   # y, predicted z
-                   [0.2, 0.2, 0.6],   # z, predicted z (right)
-                   [0.5, 0.1, 0.4]])  # z, predicted x
+HAND_P = np.array(
+    [
+        [0.6, 0.3, 0.1],  # x, predicted x (right)
+        [0.2, 0.5, 0.3],  # x, predicted y
+        [0.1, 0.7, 0.2],  # y, predicted y (right)
+        [0.3, 0.3, 0.4],  # y, predicted z
+        [0.2, 0.2, 0.6],  # z, predicted z (right)
+        [0.5, 0.1, 0.4],
+    ]
+)  # z, predicted x
 
 
 def quiet_console() -> Console:
@@ -52,14 +64,22 @@ def synthetic_predictions(fold: int, strength: float, model_seed: int, n_patient
             logits = noise.normal(size=3)
             logits[label] += strength
             probs = np.exp(logits) / np.exp(logits).sum()
-            rows.append({"path": f"f{fold}/p{p}_{i}.png", "patient_id": f"P{fold}_{p}", "group_id": f"G{fold}_{p}",
-                         "label": CLASSES[label], **{f"p_{c}": probs[j] for j, c in enumerate(CLASSES)},
-                         "pred": CLASSES[int(probs.argmax())]})
+            rows.append(
+                {
+                    "path": f"f{fold}/p{p}_{i}.png",
+                    "patient_id": f"P{fold}_{p}",
+                    "group_id": f"G{fold}_{p}",
+                    "label": CLASSES[label],
+                    **{f"p_{c}": probs[j] for j, c in enumerate(CLASSES)},
+                    "pred": CLASSES[int(probs.argmax())],
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def make_sweep(root: Path, strength: float = 2.0, model_seed: int = 0, n_folds: int = 5, absent=(), failed=(),
-               n_patients: int = 30) -> Path:
+def make_sweep(
+    root: Path, strength: float = 2.0, model_seed: int = 0, n_folds: int = 5, absent=(), failed=(), n_patients: int = 30
+) -> Path:
     """A sweep directory as the training pipeline writes it (``fold_k/predictions_test.csv`` + hydra config)."""
     for k in range(n_folds):
         if k in absent:
@@ -74,6 +94,7 @@ def make_sweep(root: Path, strength: float = 2.0, model_seed: int = 0, n_folds: 
 
 # --- metrics -----------------------------------------------------------------------------------
 
+
 def test_metrics_by_hand():
     m = classification_metrics(HAND_Y, HAND_P, ["x", "y", "z"])
     # every class: 1 TP, 1 FN, 1 FP, 3 TN
@@ -84,9 +105,9 @@ def test_metrics_by_hand():
         assert m[f"f1_{c}"] == pytest.approx(1 / 2)
         assert m[f"acc_{c}"] == pytest.approx(4 / 6)
     # AUROC: share of (positive, negative) pairs ranked right, ties count 1/2
-    assert m["auroc_x"] == pytest.approx(5.5 / 8)   # pos {.6,.2} vs neg {.1,.3,.2,.5}
-    assert m["auroc_y"] == pytest.approx(6.5 / 8)   # pos {.7,.3} vs neg {.3,.5,.2,.1}
-    assert m["auroc_z"] == pytest.approx(7.5 / 8)   # pos {.6,.4} vs neg {.1,.3,.2,.4}
+    assert m["auroc_x"] == pytest.approx(5.5 / 8)  # pos {.6,.2} vs neg {.1,.3,.2,.5}
+    assert m["auroc_y"] == pytest.approx(6.5 / 8)  # pos {.7,.3} vs neg {.3,.5,.2,.1}
+    assert m["auroc_z"] == pytest.approx(7.5 / 8)  # pos {.6,.4} vs neg {.1,.3,.2,.4}
     assert m["auroc_macro"] == pytest.approx((5.5 + 6.5 + 7.5) / 24)
     assert m["acc"] == pytest.approx(0.5) and m["bal_acc"] == pytest.approx(0.5)
     # ECE with 3 bins: bin [1/3, 2/3) holds confidences .6 .5 .4 .6 .5 (2 of 5 right), bin [2/3, 1] holds .7 (right)
@@ -126,23 +147,26 @@ def test_weighted_metrics_equal_sklearn_point_estimates():
     for name, value in point.items():
         assert weighted[name][0] == pytest.approx(value, abs=1e-12), name
     scores = np.random.default_rng(4).dirichlet(np.ones(3), len(y))  # AUROC ranks these when given
-    point, weighted = (classification_metrics(y, probs, CLASSES, scores=scores),
-                       weighted_metrics(y, probs, np.ones((1, len(y))), CLASSES, scores=scores))
+    point, weighted = (
+        classification_metrics(y, probs, CLASSES, scores=scores),
+        weighted_metrics(y, probs, np.ones((1, len(y))), CLASSES, scores=scores),
+    )
     for name, value in point.items():
         assert weighted[name][0] == pytest.approx(value, abs=1e-12), name
     assert point["auroc_cyst"] == pytest.approx(roc_auc_score(y == 0, scores[:, 0]))
     assert point["bal_acc"] == classification_metrics(y, probs, CLASSES)["bal_acc"]
     w = np.random.default_rng(3).integers(0, 4, len(y)).astype(float)
     assert weighted_auroc(y == 1, probs[:, 1], w[None])[0] == pytest.approx(
-        roc_auc_score(y == 1, probs[:, 1], sample_weight=w))
+        roc_auc_score(y == 1, probs[:, 1], sample_weight=w)
+    )
 
 
 def test_bootstrap_resamples_whole_patients_reproducibly():
     clusters = np.array(["a", "a", "b", "c", "c", "c"])
     w = bootstrap_weights(clusters, n_boot=300, seed=5)
     assert w.shape == (300, 6)
-    assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 5]).all()     # a patient comes whole
-    assert (w[:, [0, 2, 3]].sum(1) == 3).all()                          # 3 patients drawn per replicate
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 5]).all()  # a patient comes whole
+    assert (w[:, [0, 2, 3]].sum(1) == 3).all()  # 3 patients drawn per replicate
     assert np.array_equal(w, bootstrap_weights(clusters, n_boot=300, seed=5))
 
 
@@ -169,6 +193,7 @@ def test_bootstrap_interval_contains_estimate_and_narrows_with_more_patients():
 
 # --- report ------------------------------------------------------------------------------------
 
+
 def test_missing_and_failed_folds_are_reported_not_averaged(tmp_path):
     sweep_dir = make_sweep(tmp_path / "sweep", absent=(3,), failed=(1,))
     console = quiet_console()
@@ -179,8 +204,12 @@ def test_missing_and_failed_folds_are_reported_not_averaged(tmp_path):
     present = [synthetic_predictions(k, 2.0, 0) for k in (0, 2, 4)]
     assert result["n_images"] == sum(len(t) for t in present)
     # the fold mean is over the three present folds only
-    by_fold = [classification_metrics(t["label"].map(CLASSES.index).to_numpy(), t[[f"p_{c}" for c in CLASSES]].to_numpy(),
-                                      CLASSES)["bal_acc"] for t in present]
+    by_fold = [
+        classification_metrics(
+            t["label"].map(CLASSES.index).to_numpy(), t[[f"p_{c}" for c in CLASSES]].to_numpy(), CLASSES
+        )["bal_acc"]
+        for t in present
+    ]
     assert result["image"]["mean_sd"]["bal_acc"]["mean"] == pytest.approx(np.mean(by_fold), abs=1e-9)
     assert result["image"]["mean_sd"]["bal_acc"]["n_folds"] == 3
     text = (sweep_dir / "report.md").read_text()
@@ -231,6 +260,7 @@ def test_cli_reports_bad_directory_in_one_line(tmp_path, capsys):
 
 # --- comparison --------------------------------------------------------------------------------
 
+
 def test_holm_and_mcnemar_by_hand():
     assert np.allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
     a = np.array([1, 1, 1, 1, 0, 1, 0], bool)
@@ -274,7 +304,9 @@ def test_comparison_refuses_different_test_images(tmp_path):
 
 def test_folds_that_share_patients_are_flagged(tmp_path):
     sweep_dir = make_sweep(tmp_path / "sweep", n_folds=3)
-    (sweep_dir / "fold_1" / "predictions_test.csv").write_bytes((sweep_dir / "fold_0" / "predictions_test.csv").read_bytes())
+    (sweep_dir / "fold_1" / "predictions_test.csv").write_bytes(
+        (sweep_dir / "fold_0" / "predictions_test.csv").read_bytes()
+    )
     sweep = load_sweep(sweep_dir)
     assert any("more than one fold" in w and "partition" in w for w in sweep.warnings)
     assert any("not patient-grouped" in w for w in sweep.warnings)
@@ -361,12 +393,29 @@ def test_two_fold_multirun_end_to_end(tiny_folder, tmp_path):
 
     sweep_dir = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "skintumor.train", "-m", "data=folder", f"data.root={tiny_folder}",
-         f"data.options.patients_csv={tiny_folder}/patients.csv", "data.image_size=32", "data.n_folds=2",
-         "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv", "data.fold=0,1",
-         f"hydra.sweep.dir={sweep_dir}", "callbacks.progress_bar=null",
-         "hydra.callbacks.cv_report.n_boot=200"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "skintumor.train",
+            "-m",
+            "data=folder",
+            f"data.root={tiny_folder}",
+            f"data.options.patients_csv={tiny_folder}/patients.csv",
+            "data.image_size=32",
+            "data.n_folds=2",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "logger=csv",
+            "data.fold=0,1",
+            f"hydra.sweep.dir={sweep_dir}",
+            "callbacks.progress_bar=null",
+            "hydra.callbacks.cv_report.n_boot=200",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     numbers = json.loads((sweep_dir / "metrics_cv.json").read_text())
     assert numbers["folds_used"] == [0, 1] and numbers["folds_missing"] == {}
@@ -379,6 +428,7 @@ def test_two_fold_multirun_end_to_end(tiny_folder, tmp_path):
 
 # --- fold ensembles ------------------------------------------------------------------------------
 
+
 def test_ensemble_averages_members_and_beats_them_on_independent_noise(tmp_path):
     members = [make_sweep(tmp_path / f"m{s}", strength=1.0, model_seed=s) for s in range(3)]
     out = tmp_path / "ens"
@@ -388,12 +438,15 @@ def test_ensemble_averages_members_and_beats_them_on_independent_noise(tmp_path)
     a, b, c = (load_sweep(m).folds[2].set_index("path") for m in members)
     got = ens.folds[2].set_index("path")
     cols = [f"p_{k}" for k in CLASSES]
-    np.testing.assert_allclose(got[cols].to_numpy(), ((a[cols] + b[cols] + c[cols]) / 3).loc[got.index].to_numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got[cols].to_numpy(), ((a[cols] + b[cols] + c[cols]) / 3).loc[got.index].to_numpy(), atol=1e-5
+    )
+
     # members with independent noise: the average is better than any single member
     def pooled_auroc(sweep):
         table = sweep.pooled()
         return classification_metrics(table["y"], table[cols].to_numpy(), CLASSES)["auroc_macro"]
+
     assert pooled_auroc(ens) > max(pooled_auroc(load_sweep(m)) for m in members)
     # never written over
     assert report_main(["--ensemble", str(out), *map(str, members)]) == 2
@@ -427,7 +480,7 @@ def test_ensemble_refuses_members_with_other_test_images(tmp_path):
 def test_training_time_metrics_agree_with_the_report_when_a_class_is_absent():
     """metrics_val.json / metrics_test.json (torchmetrics during training) and the report
     (classification_metrics) must give the same numbers, also for a split that lacks a class."""
-    from skintumor.evaluate.metrics import stage_metrics, summarise
+    from skintumor.models.metrics import stage_metrics, summarise
 
     rng = np.random.default_rng(0)
     y = rng.choice([0, 1], size=40)  # class 2 is absent
@@ -444,6 +497,7 @@ def test_training_time_metrics_agree_with_the_report_when_a_class_is_absent():
 
 
 # --- scores before class offsets (model.decision=balanced) ------------------------------------
+
 
 def offset_sweep(root: Path, offsets: dict[int, np.ndarray], scores: bool = True) -> Path:
     """make_sweep, then every fold's p_ shifted by that fold's class offsets (as a run with
@@ -519,37 +573,3 @@ def test_ensemble_averages_scores_and_decisions_separately(tmp_path):
     c = make_sweep(tmp_path / "c", strength=1.0, model_seed=2)
     plain = pd.read_csv(ensemble_sweeps([b, c], tmp_path / "ens2") / "fold_1" / "predictions_test.csv")
     assert not [col for col in plain.columns if col.startswith("score_")]
-
-
-def test_rescore_recovers_the_scores_of_a_sweep_written_without_them(tmp_path):
-    """benchmarks/rescore_sweep.py: old runs kept only the shifted p_ and their offsets (metrics_val.json)."""
-    rescore = load_benchmark("rescore_sweep")
-    offsets = {k: np.array([0.0, 0.7, -0.4 * k]) for k in range(5)}  # fold 0: lipoma only; all folds move
-    reference = offset_sweep(tmp_path / "ref", offsets)
-    old = offset_sweep(tmp_path / "old", offsets, scores=False)
-    for k, off in offsets.items():
-        (old / f"fold_{k}" / "metrics_val.json").write_text(json.dumps(
-            {f"decision_offset_{c}": float(o) for c, o in zip(CLASSES, off)}))
-        (old / f"fold_{k}" / "metrics_test.json").write_text(json.dumps({"test/auroc_macro": 0.0, "test/bal_acc": 0.5}))
-    before = {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}
-    assert rescore.main([str(old), str(tmp_path / "new")]) == 0
-    assert before == {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}  # the original is untouched
-    new, ref = load_sweep(tmp_path / "new"), load_sweep(reference)
-    for kind in ("p", "score"):
-        cols = [f"{kind}_{c}" for c in CLASSES]
-        np.testing.assert_allclose(new.pooled()[cols].to_numpy(), ref.pooled()[cols].to_numpy(), atol=2e-5)
-    tested = json.loads((tmp_path / "new" / "fold_3" / "metrics_test.json").read_text())
-    fold = ref.folds[3]
-    expected = classification_metrics(fold["y"], fold[[f"p_{c}" for c in CLASSES]].to_numpy(), CLASSES,
-                                      scores=fold[[f"score_{c}" for c in CLASSES]].to_numpy())
-    assert tested == {"test/auroc_macro": pytest.approx(expected["auroc_macro"], abs=1e-4), "test/bal_acc": 0.5}
-    with pytest.raises(SystemExit, match="already exists"):
-        rescore.main([str(old), str(tmp_path / "new")])
-    # refused: offsets that cannot be found for a balanced run, and an ensemble (a mean cannot be undone)
-    (old / "fold_1" / "metrics_val.json").unlink()
-    (old / "fold_1" / ".hydra" / "config.yaml").write_text("data:\n  n_folds: 5\nmodel:\n  decision: balanced\n")
-    with pytest.raises(SystemExit, match="no decision_offset"):
-        rescore.main([str(old), str(tmp_path / "new2")])
-    (old / "ensemble.json").write_text("{}")
-    with pytest.raises(SystemExit, match="an ensemble"):
-        rescore.main([str(old), str(tmp_path / "new3")])

@@ -3,24 +3,25 @@
 ``build_augmentation(name, path)`` is what the config calls; :mod:`skintumor.augment.search`
 learns a policy inside one outer training fold.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from skintumor.augment.compose import Augmentation
 from skintumor.augment.ops import DEFAULT_OPS, OPS, build_op, op_parameter
-from skintumor.augment.policy import Policy, PolicyError, Step
+from skintumor.augment.policy import Policy, Step
 from skintumor.augment.presets import PRESETS
+from skintumor.errors import PolicyError
 
-NAMES = ("none", "default", "strong", "policy")
+NAMES = ("none", "default", "policy")
 
 
-def build_augmentation(name: str = "default", path: str | Path | None = None,
-                       seed: int | None = None) -> Augmentation:
+def build_augmentation(name: str = "default", path: str | Path | None = None, seed: int | None = None) -> Augmentation:
     """The train-time augmentation called ``name``: ``t(image=uint8 HxW) -> {"image": uint8 HxW}``.
 
     Args:
-        name: ``none`` (identity), ``default`` / ``strong`` (hand-made, see :mod:`presets`) or ``policy``.
+        name: ``none`` (identity), ``default`` (hand-made, see :mod:`presets`) or ``policy``.
         path: the policy JSON file; required for ``policy``, refused otherwise.
         seed: random seed of the augmentation stream (None: fresh entropy).
     """
@@ -35,5 +36,14 @@ def build_augmentation(name: str = "default", path: str | Path | None = None,
     return PRESETS[name](seed=seed)
 
 
-__all__ = ["Augmentation", "DEFAULT_OPS", "OPS", "Policy", "PolicyError", "Step", "build_augmentation",
-           "build_op", "op_parameter"]
+__all__ = [
+    "Augmentation",
+    "DEFAULT_OPS",
+    "OPS",
+    "Policy",
+    "PolicyError",
+    "Step",
+    "build_augmentation",
+    "build_op",
+    "op_parameter",
+]

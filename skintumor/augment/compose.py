@@ -4,6 +4,7 @@ Own seeding, not ``A.Compose(seed=...)``: albumentations 2.0.8 gives every child
 generator seeded with the *same* seed, so two ops with equal probability always fire together.
 Here all transforms draw from one generator, and each DataLoader worker gets its own stream.
 """
+
 from __future__ import annotations
 
 import random

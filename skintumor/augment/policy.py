@@ -13,6 +13,7 @@ File format (JSON)::
 
 ``op`` is a name from :data:`skintumor.augment.ops.OPS`; ``p`` and ``magnitude`` lie in [0, 1].
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,9 @@ import albumentations as A
 
 from skintumor.augment.compose import Augmentation
 from skintumor.augment.ops import OPS, build_op, check_unit
-from skintumor.data.manifest import DataError
+from skintumor.errors import PolicyError
 
 SCHEMA = 1
-
-
-class PolicyError(DataError):
-    """A policy file or value that cannot be used; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +56,11 @@ class Policy:
     search: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.ops_per_subpolicy, bool) or not isinstance(self.ops_per_subpolicy, int) \
-                or self.ops_per_subpolicy < 1:
+        if (
+            isinstance(self.ops_per_subpolicy, bool)
+            or not isinstance(self.ops_per_subpolicy, int)
+            or self.ops_per_subpolicy < 1
+        ):
             raise ValueError(f"ops_per_subpolicy must be a positive integer, got {self.ops_per_subpolicy!r}")
         if not self.subpolicies:
             raise ValueError("a policy needs at least one sub-policy")
@@ -74,9 +74,12 @@ class Policy:
         return len(self.subpolicies)
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "ops_per_subpolicy": self.ops_per_subpolicy,
-                "subpolicies": [[s.as_dict() for s in sub] for sub in self.subpolicies],
-                "search": self.search}
+        return {
+            "schema": SCHEMA,
+            "ops_per_subpolicy": self.ops_per_subpolicy,
+            "subpolicies": [[s.as_dict() for s in sub] for sub in self.subpolicies],
+            "search": self.search,
+        }
 
     @classmethod
     def from_dict(cls, data) -> Policy:
@@ -130,8 +133,12 @@ class Policy:
 
     def transforms(self) -> list[A.BasicTransform]:
         """One albumentations transform: pick a sub-policy uniformly, apply its steps with their p."""
-        return [A.OneOf([A.Sequential([build_op(s.op, s.magnitude, s.p) for s in sub], p=1.0)
-                         for sub in self.subpolicies], p=1.0)]
+        return [
+            A.OneOf(
+                [A.Sequential([build_op(s.op, s.magnitude, s.p) for s in sub], p=1.0) for sub in self.subpolicies],
+                p=1.0,
+            )
+        ]
 
     def augmentation(self, seed: int | None = None) -> Augmentation:
         """The policy as a callable ``t(image=uint8 HxW) -> {"image": uint8 HxW}``."""

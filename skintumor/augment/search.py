@@ -18,6 +18,7 @@ Protocol, for outer fold ``k``:
 Images are decoded once (only the fold's training part) and augmented in memory per trial; the
 child is evaluated in large no-grad batches. Plain module: no Hydra; ``skintumor.search`` is the CLI.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,25 +45,25 @@ ImageLoader = Callable[[np.ndarray], Sequence[np.ndarray]]
 class SearchSettings:
     """Knobs of the search; the defaults are the study's protocol where it has one."""
 
-    n_inner: int = 4                  # inner folds (study: 4)
-    trials: int = 100                 # TPE trials per inner fold (study: 100)
-    subpolicies: int = 5              # sub-policies per candidate policy (FAA's num_policy)
-    ops_per_subpolicy: int = 2        # (study: 2)
-    top_n: int = 5                    # candidates kept per inner fold (study: 5)
+    n_inner: int = 4  # inner folds (study: 4)
+    trials: int = 100  # TPE trials per inner fold (study: 100)
+    subpolicies: int = 5  # sub-policies per candidate policy (FAA's num_policy)
+    ops_per_subpolicy: int = 2  # (study: 2)
+    top_n: int = 5  # candidates kept per inner fold (study: 5)
     ops: tuple[str, ...] | None = DEFAULT_OPS  # None: every B-mode-safe op
-    objective: str = "loglik"         # loglik | accuracy
-    child_epochs: int = 3             # short: keeps the search cheaper than the final training
+    objective: str = "loglik"  # loglik | accuracy
+    child_epochs: int = 3  # short: keeps the search cheaper than the final training
     child_lr: float = 1e-3
     batch_size: int = 32
     eval_batch_size: int = 128
-    prune: bool = True                # stop hopeless candidates early (PercentilePruner)
-    prune_percentile: float = 25.0    # keep a candidate while it is in the best 25 % at each chunk
-    eval_chunks: int = 8              # validation scored in this many chunks (pruning points)
+    prune: bool = True  # stop hopeless candidates early (PercentilePruner)
+    prune_percentile: float = 25.0  # keep a candidate while it is in the best 25 % at each chunk
+    eval_chunks: int = 8  # validation scored in this many chunks (pruning points)
     seed: int = 0
-    storage: str | None = None        # e.g. "sqlite:///search.db": an interrupted search resumes
-    mean: float = 0.449               # the data module's normalisation of [0, 1] images
+    storage: str | None = None  # e.g. "sqlite:///search.db": an interrupted search resumes
+    mean: float = 0.449  # the data module's normalisation of [0, 1] images
     std: float = 0.226
-    device: str = "cpu"               # where the child trains and scores: cpu | cuda | auto
+    device: str = "cpu"  # where the child trains and scores: cpu | cuda | auto
 
     def __post_init__(self) -> None:
         self.ops = tuple(self.ops) if self.ops else DEFAULT_OPS
@@ -86,7 +87,7 @@ class InnerResult:
     val_groups: int
     train_images: int
     val_images: int
-    clean_score: float                     # the child on un-augmented validation images
+    clean_score: float  # the child on un-augmented validation images
     top: list[tuple[int, float]] = field(default_factory=list)  # (trial number, score), best first
     policies: list[Policy] = field(default_factory=list)
     trials_done: int = 0
@@ -101,8 +102,9 @@ def normalise(images: Sequence[np.ndarray], mean: float, std: float) -> torch.Te
     return ((x - mean) / std).unsqueeze(1)
 
 
-def train_child(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
-                batch_size: int, seed: int) -> nn.Module:
+def train_child(
+    model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int
+) -> nn.Module:
     """A short plain Adam loop on clean images; returns the model in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
@@ -111,7 +113,7 @@ def train_child(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, epo
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             if len(batch) < 2:  # BatchNorm cannot train on one image
                 continue
             loss = loss_fn(model(x[batch].to(device)), y[batch].to(device))
@@ -127,9 +129,9 @@ def sample_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     loglik, correct = [], []
     device = next(model.parameters()).device
     for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size].to(device)).float().cpu()
+        logits = model(x[start : start + batch_size].to(device)).float().cpu()
         logp = torch.log_softmax(logits, dim=1)
-        target = y[start:start + batch_size]
+        target = y[start : start + batch_size]
         loglik.append(logp.gather(1, target[:, None])[:, 0])
         correct.append((logits.argmax(1) == target).float())
     return torch.cat(loglik).numpy(), torch.cat(correct).numpy()
@@ -139,23 +141,42 @@ def suggest_policy(trial: optuna.Trial, settings: SearchSettings) -> Policy:
     """One candidate: ``subpolicies`` x ``ops_per_subpolicy`` (op, p, magnitude) from the trial."""
     subs = []
     for i in range(settings.subpolicies):
-        subs.append([Step(trial.suggest_categorical(f"s{i}_op{j}", list(settings.ops)),
-                          trial.suggest_float(f"s{i}_p{j}", 0.0, 1.0),
-                          trial.suggest_float(f"s{i}_m{j}", 0.0, 1.0))
-                     for j in range(settings.ops_per_subpolicy)])
+        subs.append(
+            [
+                Step(
+                    trial.suggest_categorical(f"s{i}_op{j}", list(settings.ops)),
+                    trial.suggest_float(f"s{i}_p{j}", 0.0, 1.0),
+                    trial.suggest_float(f"s{i}_m{j}", 0.0, 1.0),
+                )
+                for j in range(settings.ops_per_subpolicy)
+            ]
+        )
     return Policy(subs, settings.ops_per_subpolicy)
 
 
 def policy_from_params(params: dict, settings: SearchSettings) -> Policy:
     """Rebuild a candidate from a finished trial's parameters."""
-    return Policy([[Step(params[f"s{i}_op{j}"], params[f"s{i}_p{j}"], params[f"s{i}_m{j}"])
-                    for j in range(settings.ops_per_subpolicy)] for i in range(settings.subpolicies)],
-                  settings.ops_per_subpolicy)
+    return Policy(
+        [
+            [
+                Step(params[f"s{i}_op{j}"], params[f"s{i}_p{j}"], params[f"s{i}_m{j}"])
+                for j in range(settings.ops_per_subpolicy)
+            ]
+            for i in range(settings.subpolicies)
+        ],
+        settings.ops_per_subpolicy,
+    )
 
 
-def search_inner_fold(model: nn.Module, val_images: Sequence[np.ndarray], val_labels: np.ndarray,
-                      settings: SearchSettings, study_name: str, seed: int,
-                      on_trial: Callable[[], None] | None = None) -> optuna.Study:
+def search_inner_fold(
+    model: nn.Module,
+    val_images: Sequence[np.ndarray],
+    val_labels: np.ndarray,
+    settings: SearchSettings,
+    study_name: str,
+    seed: int,
+    on_trial: Callable[[], None] | None = None,
+) -> optuna.Study:
     """Run TPE trials that score candidate policies on the augmented validation images."""
     y = torch.as_tensor(val_labels, dtype=torch.long)
     order = np.random.default_rng(seed).permutation(len(y))  # every chunk a fair sample of classes
@@ -176,10 +197,21 @@ def search_inner_fold(model: nn.Module, val_images: Sequence[np.ndarray], val_la
         return score
 
     sampler = optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=min(10, settings.trials))
-    pruner = (optuna.pruners.PercentilePruner(settings.prune_percentile, n_startup_trials=min(10, settings.trials),
-                                              n_warmup_steps=0) if settings.prune else optuna.pruners.NopPruner())
-    study = optuna.create_study(study_name=study_name, storage=settings.storage, sampler=sampler, pruner=pruner,
-                                direction="maximize", load_if_exists=True)
+    pruner = (
+        optuna.pruners.PercentilePruner(
+            settings.prune_percentile, n_startup_trials=min(10, settings.trials), n_warmup_steps=0
+        )
+        if settings.prune
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=settings.storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
+    )
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     remaining = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
     if remaining > 0:
@@ -188,9 +220,15 @@ def search_inner_fold(model: nn.Module, val_images: Sequence[np.ndarray], val_la
     return study
 
 
-def search_policy(load_images: ImageLoader, labels: Sequence[int], folds: PatientGroupedFolds, fold: int,
-                  make_child: ChildFactory, settings: SearchSettings | None = None,
-                  progress: bool = True) -> tuple[Policy, list[InnerResult]]:
+def search_policy(
+    load_images: ImageLoader,
+    labels: Sequence[int],
+    folds: PatientGroupedFolds,
+    fold: int,
+    make_child: ChildFactory,
+    settings: SearchSettings | None = None,
+    progress: bool = True,
+) -> tuple[Policy, list[InnerResult]]:
     """Learn a policy for outer fold ``fold`` from its training part only.
 
     Args:
@@ -223,38 +261,63 @@ def search_policy(load_images: ImageLoader, labels: Sequence[int], folds: Patien
             if hasattr(loss_fn, "to"):
                 loss_fn.to(settings.device)
             x_train = normalise([images[i] for i in train_idx], settings.mean, settings.std)
-            train_child(model, loss_fn, x_train, torch.as_tensor(labels[train_idx]), settings.child_epochs,
-                        settings.child_lr, settings.batch_size, seed)
+            train_child(
+                model,
+                loss_fn,
+                x_train,
+                torch.as_tensor(labels[train_idx]),
+                settings.child_epochs,
+                settings.child_lr,
+                settings.batch_size,
+                seed,
+            )
             del x_train
             val_images = [images[i] for i in val_idx]
             x_val = normalise(val_images, settings.mean, settings.std)
             clean = sample_scores(model, x_val, torch.as_tensor(labels[val_idx]), settings.eval_batch_size)
             t1 = time.perf_counter()
             bar.update(task, description=f"fold {fold} inner {j}: trials")
-            study = search_inner_fold(model, val_images, labels[val_idx], settings,
-                                      f"skintumor-fold{fold}-inner{j}-seed{settings.seed}", seed,
-                                      on_trial=lambda: bar.advance(task))
+            study = search_inner_fold(
+                model,
+                val_images,
+                labels[val_idx],
+                settings,
+                f"skintumor-fold{fold}-inner{j}-seed{settings.seed}",
+                seed,
+                on_trial=lambda task=task: bar.advance(task),
+            )
             bar.update(task, completed=settings.trials)
             complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-            best = sorted(complete, key=lambda t: (-t.value, t.number))[:settings.top_n]
-            results.append(InnerResult(
-                inner=j, train_groups=len(np.unique(groups[train_idx])), val_groups=len(np.unique(groups[val_idx])),
-                train_images=len(train_idx), val_images=len(val_idx),
-                clean_score=float(clean[0 if settings.objective == "loglik" else 1].mean()),
-                top=[(t.number, float(t.value)) for t in best],
-                policies=[policy_from_params(t.params, settings) for t in best],
-                trials_done=len(study.trials),
-                pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-                child_seconds=t1 - t0, trial_seconds=time.perf_counter() - t1))
+            best = sorted(complete, key=lambda t: (-t.value, t.number))[: settings.top_n]
+            results.append(
+                InnerResult(
+                    inner=j,
+                    train_groups=len(np.unique(groups[train_idx])),
+                    val_groups=len(np.unique(groups[val_idx])),
+                    train_images=len(train_idx),
+                    val_images=len(val_idx),
+                    clean_score=float(clean[0 if settings.objective == "loglik" else 1].mean()),
+                    top=[(t.number, float(t.value)) for t in best],
+                    policies=[policy_from_params(t.params, settings) for t in best],
+                    trials_done=len(study.trials),
+                    pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+                    child_seconds=t1 - t0,
+                    trial_seconds=time.perf_counter() - t1,
+                )
+            )
             r = results[-1]
             if progress:  # one line per inner fold, also readable in a batch job's log
-                bar.console.log(f"fold {fold} inner {j}: child {r.child_seconds:.0f} s, clean {r.clean_score:.3f}; "
-                                f"{r.trials_done} trials ({r.pruned} pruned) {r.trial_seconds:.0f} s, "
-                                f"best {r.top[0][1] if r.top else float('nan'):.3f}")
+                bar.console.log(
+                    f"fold {fold} inner {j}: child {r.child_seconds:.0f} s, clean {r.clean_score:.3f}; "
+                    f"{r.trials_done} trials ({r.pruned} pruned) {r.trial_seconds:.0f} s, "
+                    f"best {r.top[0][1] if r.top else float('nan'):.3f}"
+                )
 
     provenance = {
         "method": "Fast AutoAugment density matching (skintumor.augment.search)",
-        "fold": fold, "n_folds": folds.n_splits, "fold_seed": folds.seed,
+        "fold": fold,
+        "n_folds": folds.n_splits,
+        "fold_seed": folds.seed,
         "settings": asdict(settings) | {"ops": list(settings.ops)},
         "seconds": round(time.perf_counter() - started, 2),
         "inner_folds": [{k: v for k, v in asdict(r).items() if k != "policies"} for r in results],

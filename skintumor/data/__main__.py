@@ -5,6 +5,7 @@ SOURCE is a folder (BUSI layout, DICOM or class folders, detected from its files
 duplicate groups, label conflicts and every unreadable file. Exit status: 0 clean (warnings
 allowed), 1 bad files found, 2 a source could not be read at all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ from rich.table import Table
 from skintumor.data.check import CheckReport, load_and_check
 from skintumor.data.dedup import DEFAULT_MAX_DISTANCE
 from skintumor.data.dicom import MULTIFRAME_RULES, is_dicom
-from skintumor.data.manifest import DataError
 from skintumor.data.sources import BUSI_MASK_PATTERN
+from skintumor.errors import DataError
 
 
 def detect_source(path: Path) -> str:
@@ -28,8 +29,13 @@ def detect_source(path: Path) -> str:
         if path.suffix.lower() == ".csv":
             return "csv"
         raise DataError(f"{path}: not a folder or a .csv manifest")
-    files = [p for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")
-             for p in sorted(d.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    files = [
+        p
+        for d in sorted(path.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    ]
     if any(BUSI_MASK_PATTERN.search(p.stem) for p in files):
         return "busi"
     if files and sum(is_dicom(p) for p in files[:50]) > len(files[:50]) / 2:
@@ -55,7 +61,9 @@ def source_options(path: Path, kind: str, args: argparse.Namespace) -> dict:
 def print_report(report: CheckReport, console: Console, shown: int = 20) -> None:
     """The report as rich tables: classes, sizes, duplicates, conflicts, warnings, errors (all)."""
     manifest = report.manifest
-    table = Table(title=escape(f"{manifest.root}  ({len(manifest)} images, {manifest.table['patient_id'].nunique()} patients)"))
+    table = Table(
+        title=escape(f"{manifest.root}  ({len(manifest)} images, {manifest.table['patient_id'].nunique()} patients)")
+    )
     for col in report.classes.columns:
         table.add_column(col, justify="left" if col == "class" else "right")
     for row in report.classes.itertuples(index=False):
@@ -64,10 +72,12 @@ def print_report(report: CheckReport, console: Console, shown: int = 20) -> None
     sizes = report.sizes.dropna()
     if len(sizes):
         distinct = sizes.value_counts()
-        console.print(f"image sizes (H x W): {len(distinct)} distinct; "
-                      f"height {int(sizes.height.min())}..{int(sizes.height.max())}, "
-                      f"width {int(sizes.width.min())}..{int(sizes.width.max())}; most common "
-                      + ", ".join(f"{int(h)}x{int(w)} ({n})" for (h, w), n in distinct.head(3).items()))
+        console.print(
+            f"image sizes (H x W): {len(distinct)} distinct; "
+            f"height {int(sizes.height.min())}..{int(sizes.height.max())}, "
+            f"width {int(sizes.width.min())}..{int(sizes.width.max())}; most common "
+            + ", ".join(f"{int(h)}x{int(w)} ({n})" for (h, w), n in distinct.head(3).items())
+        )
     dup = report.duplicates
     if dup is not None:
         console.print(f"duplicates (max_distance {dup.max_distance}): {dup.summary()}")
@@ -84,8 +94,18 @@ def print_report(report: CheckReport, console: Console, shown: int = 20) -> None
             for col in ("distance", "image", "label", "duplicate", "label "):
                 conflicts.add_column(col)
             for row in dup.conflicts.itertuples():
-                conflicts.add_row(*(escape(str(v)) for v in (row.distance, paths[row.i], manifest.table["label"][row.i],
-                                                             paths[row.j], manifest.table["label"][row.j])))
+                conflicts.add_row(
+                    *(
+                        escape(str(v))
+                        for v in (
+                            row.distance,
+                            paths[row.i],
+                            manifest.table["label"][row.i],
+                            paths[row.j],
+                            manifest.table["label"][row.j],
+                        )
+                    )
+                )
             console.print(conflicts)
     for line in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
@@ -100,16 +120,29 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="check data sources and list every problem")
     check.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="data folder or CSV manifest")
-    check.add_argument("--source", choices=["auto", "busi", "folder", "dicom", "csv"], default="auto",
-                       help="source type (default: detected from the files)")
-    check.add_argument("--root", type=Path, help="CSV manifests: folder the paths are relative to "
-                                                 "(default: the CSV's folder)")
+    check.add_argument(
+        "--source",
+        choices=["auto", "busi", "folder", "dicom", "csv"],
+        default="auto",
+        help="source type (default: detected from the files)",
+    )
+    check.add_argument(
+        "--root", type=Path, help="CSV manifests: folder the paths are relative to (default: the CSV's folder)"
+    )
     check.add_argument("--classes", help="comma-separated class names, in label order")
     check.add_argument("--patients", type=Path, help="class folders: CSV with path, patient_id")
-    check.add_argument("--multiframe", choices=MULTIFRAME_RULES, default="middle",
-                       help="DICOM clips: read the middle frame, or refuse them")
-    check.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE,
-                       help=f"near-duplicate threshold, pHash+dHash bits 0..128 (default {DEFAULT_MAX_DISTANCE})")
+    check.add_argument(
+        "--multiframe",
+        choices=MULTIFRAME_RULES,
+        default="middle",
+        help="DICOM clips: read the middle frame, or refuse them",
+    )
+    check.add_argument(
+        "--max-distance",
+        type=int,
+        default=DEFAULT_MAX_DISTANCE,
+        help=f"near-duplicate threshold, pHash+dHash bits 0..128 (default {DEFAULT_MAX_DISTANCE})",
+    )
     check.add_argument("--no-dedup", action="store_true", help="skip duplicate detection")
     check.add_argument("--show", type=int, default=20, help="duplicate groups to list (default 20)")
     args = parser.parse_args(argv)
@@ -122,8 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kind = detect_source(path) if args.source == "auto" else args.source
             console.rule(f"{escape(str(path))}  [dim](source: {kind})[/dim]")
-            report = load_and_check(kind, dedup=not args.no_dedup, max_distance=args.max_distance,
-                                    progress=console.is_terminal, **source_options(path, kind, args))
+            report = load_and_check(
+                kind,
+                dedup=not args.no_dedup,
+                max_distance=args.max_distance,
+                progress=console.is_terminal,
+                **source_options(path, kind, args),
+            )
         except (DataError, OSError) as err:
             console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             status = max(status, 2)

@@ -11,21 +11,29 @@ starts on data the check would reject.
     prepared.images     # HxW uint8 per row of prepared.manifest (cropped if crop, then transform)
     prepared.masks      # HxW bool per row, or None where the row has no mask
 """
+
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from skintumor.data.dedup import (DEFAULT_MAX_DISTANCE, LABEL_CONFLICT_RULES, DuplicateReport,
-                                  apply_duplicate_groups, find_duplicates, image_hashes)
+from skintumor.data.dedup import (
+    DEFAULT_MAX_DISTANCE,
+    LABEL_CONFLICT_RULES,
+    DuplicateReport,
+    apply_duplicate_groups,
+    find_duplicates,
+    image_hashes,
+)
 from skintumor.data.images import read_greyscale, read_mask
-from skintumor.data.manifest import DataError, Manifest
+from skintumor.data.manifest import Manifest
 from skintumor.data.scan_area import crop_scan_area
+from skintumor.errors import DataError
 
 LARGE_PATIENT_SHARE = 0.2  # one patient id on more images than this share (and >= 10) smells of a blanked id
 
@@ -61,9 +69,12 @@ class CheckReport:
         """Raise one :class:`DataError` naming the bad files (the first ``shown``, then a count)."""
         if self.errors:
             more = f"; and {len(self.errors) - shown} more" if len(self.errors) > shown else ""
-            raise DataError(f"{self.manifest.root}: {len(self.errors)} bad file(s): "
-                            + "; ".join(self.errors[:shown]) + more
-                            + f" (list them all: python -m skintumor.data check {self.manifest.root})")
+            raise DataError(
+                f"{self.manifest.root}: {len(self.errors)} bad file(s): "
+                + "; ".join(self.errors[:shown])
+                + more
+                + f" (list them all: python -m skintumor.data check {self.manifest.root})"
+            )
 
 
 @dataclass
@@ -99,8 +110,13 @@ class Decoded:
 Transform = Callable[[np.ndarray, "np.ndarray | None"], tuple]  # (image, mask) -> (image, mask)
 
 
-def decode_manifest(manifest: Manifest, hashes: bool = True, crop: bool = False,
-                    transform: Transform | None = None, progress: bool = False) -> Decoded:
+def decode_manifest(
+    manifest: Manifest,
+    hashes: bool = True,
+    crop: bool = False,
+    transform: Transform | None = None,
+    progress: bool = False,
+) -> Decoded:
     """Decode every image and mask of ``manifest``, collecting (not raising) errors.
 
     Each row is hashed at full resolution, then cropped to its scan area (``crop``), then passed
@@ -133,8 +149,13 @@ def decode_manifest(manifest: Manifest, hashes: bool = True, crop: bool = False,
     return decoded
 
 
-def check_manifest(manifest: Manifest, decoded: Decoded | None = None, dedup: bool = True,
-                   max_distance: int = DEFAULT_MAX_DISTANCE, progress: bool = False) -> CheckReport:
+def check_manifest(
+    manifest: Manifest,
+    decoded: Decoded | None = None,
+    dedup: bool = True,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    progress: bool = False,
+) -> CheckReport:
     """Check every row of ``manifest``; bad files are listed in the report, not raised.
 
     Args:
@@ -151,20 +172,23 @@ def check_manifest(manifest: Manifest, decoded: Decoded | None = None, dedup: bo
     sizes = pd.DataFrame([size or (np.nan, np.nan) for size in decoded.sizes], columns=["height", "width"])
     has_mask = table["mask_path"] != ""
     empty = pd.Series([m is not None and not m.any() for m in decoded.masks], index=table.index)
-    classes = pd.DataFrame({
-        "class": manifest.classes,
-        "images": [int((table["label"] == c).sum()) for c in manifest.classes],
-        "patients": [table.loc[table["label"] == c, "patient_id"].nunique() for c in manifest.classes],
-        "masks": [int(has_mask[table["label"] == c].sum()) for c in manifest.classes],
-        "empty_masks": [int(empty[table["label"] == c].sum()) for c in manifest.classes],
-    })
+    classes = pd.DataFrame(
+        {
+            "class": manifest.classes,
+            "images": [int((table["label"] == c).sum()) for c in manifest.classes],
+            "patients": [table.loc[table["label"] == c, "patient_id"].nunique() for c in manifest.classes],
+            "masks": [int(has_mask[table["label"] == c].sum()) for c in manifest.classes],
+            "empty_masks": [int(empty[table["label"] == c].sum()) for c in manifest.classes],
+        }
+    )
     report = CheckReport(manifest, classes, sizes, list(decoded.errors), _warnings(manifest, classes, has_mask))
     if dedup and decoded.hashes is not None and len(readable) > 1:
         found = find_duplicates(manifest.subset(readable), hashes=decoded.hashes[readable], max_distance=max_distance)
         report.duplicates = _reindex(found, np.asarray(readable), len(manifest))
         if not found.conflicts.empty:
-            report.warnings.append(f"{len(found.conflicts)} near-duplicate pair(s) carry different labels "
-                                   "(label conflicts; see the table)")
+            report.warnings.append(
+                f"{len(found.conflicts)} near-duplicate pair(s) carry different labels (label conflicts; see the table)"
+            )
     report.seconds = time.perf_counter() - start
     return report
 
@@ -176,35 +200,57 @@ def _warnings(manifest: Manifest, classes: pd.DataFrame, has_mask: pd.Series) ->
             found.append(f"class {row[1]!r} has no images")
     if has_mask.any() and not has_mask.all():
         missing = table.loc[~has_mask, "path"].tolist()
-        found.append(f"{len(missing)} image(s) have no mask while others do: " + ", ".join(missing[:10])
-                     + (" ..." if len(missing) > 10 else ""))
+        found.append(
+            f"{len(missing)} image(s) have no mask while others do: "
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
+        )
     counts = table["patient_id"].value_counts()
     if counts.iloc[0] >= 10 and counts.iloc[0] > LARGE_PATIENT_SHARE * len(table):
-        found.append(f"patient {counts.index[0]!r} has {counts.iloc[0]} of {len(table)} images; "
-                     "was the patient id blanked by an anonymiser?")
+        found.append(
+            f"patient {counts.index[0]!r} has {counts.iloc[0]} of {len(table)} images; "
+            "was the patient id blanked by an anonymiser?"
+        )
     mixed = table.groupby("patient_id")["label"].nunique()
     if (mixed > 1).any():
-        found.append(f"{int((mixed > 1).sum())} patient(s) have images of more than one class "
-                     f"(e.g. {mixed[mixed > 1].index[0]}); each stays whole inside one fold")
+        found.append(
+            f"{int((mixed > 1).sum())} patient(s) have images of more than one class "
+            f"(e.g. {mixed[mixed > 1].index[0]}); each stays whole inside one fold"
+        )
     if table["patient_id"].str.startswith("img:").all():
-        found.append("no patient ids: every image is its own patient; only duplicate grouping (dedup) "
-                     "keeps near-identical images of one lesion out of both train and test")
+        found.append(
+            "no patient ids: every image is its own patient; only duplicate grouping (dedup) "
+            "keeps near-identical images of one lesion out of both train and test"
+        )
     return found
 
 
 def _reindex(report: DuplicateReport, rows: np.ndarray, n: int) -> DuplicateReport:
     """Map a report made on a subset (rows[k] is subset row k) back to the full manifest's rows."""
+
     def remap(pairs: pd.DataFrame) -> pd.DataFrame:
         return pairs.assign(i=rows[pairs["i"].to_numpy(dtype=int)], j=rows[pairs["j"].to_numpy(dtype=int)])
+
     hashes = np.zeros((n, report.hashes.shape[1]), dtype=report.hashes.dtype)
     hashes[rows] = report.hashes
-    return DuplicateReport(remap(report.pairs), [rows[g].tolist() for g in report.groups],
-                           remap(report.conflicts), report.max_distance, hashes)
+    return DuplicateReport(
+        remap(report.pairs),
+        [rows[g].tolist() for g in report.groups],
+        remap(report.conflicts),
+        report.max_distance,
+        hashes,
+    )
 
 
-def prepare_manifest(manifest: Manifest, crop: bool = False, dedup: bool = True,
-                     max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep",
-                     transform: Transform | None = None, progress: bool = False) -> PreparedData:
+def prepare_manifest(
+    manifest: Manifest,
+    crop: bool = False,
+    dedup: bool = True,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    label_conflicts: str = "keep",
+    transform: Transform | None = None,
+    progress: bool = False,
+) -> PreparedData:
     """Decode, check and group ``manifest`` for training; :class:`DataError` if any file is bad.
 
     Args:
@@ -230,8 +276,11 @@ def prepare_manifest(manifest: Manifest, crop: bool = False, dedup: bool = True,
             warnings.simplefilter("ignore")
             grouped = apply_duplicate_groups(manifest, report.duplicates, label_conflicts)
         if label_conflicts == "exclude" and report.duplicates.conflict_rows:
-            warnings.warn(f"{manifest.root}: excluded {len(report.duplicates.conflict_rows)} image(s) "
-                          "in label conflicts (label_conflicts=exclude)", stacklevel=2)
+            warnings.warn(
+                f"{manifest.root}: excluded {len(report.duplicates.conflict_rows)} image(s) "
+                "in label conflicts (label_conflicts=exclude)",
+                stacklevel=2,
+            )
         if label_conflicts == "exclude":
             rows = np.setdiff1d(rows, report.duplicates.conflict_rows)
         manifest = grouped
@@ -246,8 +295,9 @@ def _progress(items, enabled: bool, description: str):
     return track(items, description=description, transient=True)
 
 
-def load_and_check(source: str, dedup: bool = True, max_distance: int = DEFAULT_MAX_DISTANCE,
-                   progress: bool = False, **options) -> CheckReport:
+def load_and_check(
+    source: str, dedup: bool = True, max_distance: int = DEFAULT_MAX_DISTANCE, progress: bool = False, **options
+) -> CheckReport:
     """Build source ``source``'s manifest (sources' warnings become report warnings) and check it."""
     from skintumor.data.sources import load_source
 

@@ -1,10 +1,11 @@
 """The Lightning data module: manifest -> patient-grouped split -> cached tensors -> loaders."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import lightning as L
@@ -43,8 +44,10 @@ def decode_resized(manifest: Manifest, image_size: int, with_masks: bool = True)
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int):
     """Image (INTER_AREA) and mask (nearest) stretched to ``size`` x ``size``: (image, mask)."""
-    return (_resize(image, size, cv2.INTER_AREA),
-            _resize(mask.astype(np.uint8), size, cv2.INTER_NEAREST).astype(bool) if mask is not None else None)
+    return (
+        _resize(image, size, cv2.INTER_AREA),
+        _resize(mask.astype(np.uint8), size, cv2.INTER_NEAREST).astype(bool) if mask is not None else None,
+    )
 
 
 def _resize(array: np.ndarray, size: int, interpolation: int) -> np.ndarray:
@@ -61,9 +64,16 @@ class CachedImageDataset(Dataset):
     moved by the same geometric augmentation as the image, or -1 everywhere when the row has none.
     """
 
-    def __init__(self, images: list[np.ndarray], labels: list[int], indices: np.ndarray,
-                 mean: float, std: float, augment: Augment | None = None,
-                 masks: list[np.ndarray | None] | None = None):
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        labels: list[int],
+        indices: np.ndarray,
+        mean: float,
+        std: float,
+        augment: Augment | None = None,
+        masks: list[np.ndarray | None] | None = None,
+    ):
         self.images, self.labels, self.indices = images, labels, np.asarray(indices)
         self.mean, self.std, self.augment, self.masks = mean, std, augment, masks
 
@@ -115,14 +125,32 @@ class UltrasoundDataModule(L.LightningDataModule):
             test fold, train / val come from the rest (:meth:`PatientGroupedFolds.split`).
     """
 
-    def __init__(self, source: str | None = "folder", root: str | None = None, options: dict | None = None,
-                 fold: int = 0, n_folds: int = 5, val_fraction: float = 0.2, seed: int = 42,
-                 image_size: int = 224, batch_size: int = 16, num_workers: int = 0,
-                 mean: float = 0.449, std: float = 0.226, augment: Augment | None = None,
-                 manifest: Manifest | None = None, pin_memory: bool = False, crop: bool = False,
-                 dedup: bool = False, max_distance: int = DEFAULT_MAX_DISTANCE, label_conflicts: str = "keep",
-                 sampler: str | None = None, sampler_seed: int | None = None, inner_fold: int = 0,
-                 nested: bool = False):
+    def __init__(
+        self,
+        source: str | None = "folder",
+        root: str | None = None,
+        options: dict | None = None,
+        fold: int = 0,
+        n_folds: int = 5,
+        val_fraction: float = 0.2,
+        seed: int = 42,
+        image_size: int = 224,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        mean: float = 0.449,
+        std: float = 0.226,
+        augment: Augment | None = None,
+        manifest: Manifest | None = None,
+        pin_memory: bool = False,
+        crop: bool = False,
+        dedup: bool = False,
+        max_distance: int = DEFAULT_MAX_DISTANCE,
+        label_conflicts: str = "keep",
+        sampler: str | None = None,
+        sampler_seed: int | None = None,
+        inner_fold: int = 0,
+        nested: bool = False,
+    ):
         super().__init__()
         if sampler not in SAMPLERS:
             raise ConfigError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -150,9 +178,15 @@ class UltrasoundDataModule(L.LightningDataModule):
         manifest = self.load_manifest()
         warn_mixed_label_patients(manifest)
         # the data check: every bad file listed in one DataError, near-duplicates grouped
-        prepared = prepare_manifest(manifest, crop=self.crop, dedup=self.dedup, max_distance=self.max_distance,
-                                    label_conflicts=self.label_conflicts, progress=True,
-                                    transform=partial(resize_pair, size=self.image_size))
+        prepared = prepare_manifest(
+            manifest,
+            crop=self.crop,
+            dedup=self.dedup,
+            max_distance=self.max_distance,
+            label_conflicts=self.label_conflicts,
+            progress=True,
+            transform=partial(resize_pair, size=self.image_size),
+        )
         self.manifest, self.images, self.masks = prepared.manifest, prepared.images, prepared.masks
         manifest = self.manifest
         folds = PatientGroupedFolds(manifest.labels, manifest.groups, self.n_folds, self.val_fraction, self.seed)
@@ -172,30 +206,46 @@ class UltrasoundDataModule(L.LightningDataModule):
         """Write ``manifest.csv`` and ``split.json`` so report and explain never recompute folds."""
         run_dir = Path(run_dir)
         self.manifest.to_csv(run_dir / "manifest.csv")
-        info = self.split.as_dict() | {"manifest": "manifest.csv", "root": str(Path(self.manifest.root).resolve()),
-                                       "classes": self.classes, "n_folds": self.n_folds, "seed": self.seed,
-                                       "val_fraction": self.val_fraction, "inner_fold": self.inner_fold, "nested": self.nested}
+        info = self.split.as_dict() | {
+            "manifest": "manifest.csv",
+            "root": str(Path(self.manifest.root).resolve()),
+            "classes": self.classes,
+            "n_folds": self.n_folds,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "inner_fold": self.inner_fold,
+            "nested": self.nested,
+        }
         (run_dir / "split.json").write_text(json.dumps(info))
 
     # -- loaders -------------------------------------------------------------------------------
     def _dataset(self, part: str, augment: Augment | None) -> CachedImageDataset:
         # training items carry the lesion masks when the data has any (for model.loss.mask_weight)
         masks = self.masks if part == "train" and any(m is not None for m in self.masks or []) else None
-        return CachedImageDataset(self.images, self.manifest.labels, getattr(self.split, part),
-                                  self.mean, self.std, augment, masks)
+        return CachedImageDataset(
+            self.images, self.manifest.labels, getattr(self.split, part), self.mean, self.std, augment, masks
+        )
 
     def _loader(self, dataset: Dataset, shuffle: bool, sampler=None) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=self.pin_memory, drop_last=shuffle and len(dataset) > self.batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+        )
 
     def balanced_sampler(self) -> WeightedRandomSampler:
         """Draws the training part with replacement, each image weighted 1/(its class's count)."""
         labels = np.asarray(self.manifest.labels)[self.split.train]
         weights = 1.0 / np.bincount(labels)[labels]
         generator = None if self.sampler_seed is None else torch.Generator().manual_seed(self.sampler_seed)
-        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
-                                     replacement=True, generator=generator)
+        return WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels), replacement=True, generator=generator
+        )
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.balanced_sampler() if self.sampler == "balanced" else None

@@ -8,7 +8,7 @@ the sum keeps true copies close and different lesions far.
 
 On BUSI (780 images) every pair up to 27 inspected by eye showed one lesion, the first pair of
 different lesions is at 28, and frames of one lesion reach into the low 30s
-(benchmarks/RESULTS.md); the default 24 stays below the first false match.
+(docs/history/recipe-search.md); the default 24 stays below the first false match.
 
 Near-duplicates and images of one patient are joined into one group (connected components of
 "same patient" and "near-duplicate" edges); the manifest's ``group_id`` is that group, so
@@ -16,11 +16,12 @@ Near-duplicates and images of one patient are joined into one group (connected c
 of a split, even when patient ids are missing or wrong. A near-duplicate pair filed under two
 labels is a *label conflict*: kept (in one group) or excluded, by choice.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import cv2
 import imagehash
@@ -29,8 +30,9 @@ import pandas as pd
 from PIL import Image
 
 from skintumor.data.images import read_greyscale
-from skintumor.data.manifest import DataError, Manifest, linked_rows
+from skintumor.data.manifest import Manifest, linked_rows
 from skintumor.data.scan_area import crop_scan_area
+from skintumor.errors import DataError
 
 DEFAULT_MAX_DISTANCE = 24
 HASH_SIDE = 128  # images are shrunk to this longer side before hashing
@@ -67,8 +69,10 @@ class DuplicateReport:
 
     def summary(self) -> str:
         n_images = sum(len(g) for g in self.groups)
-        return (f"{len(self.pairs)} near-duplicate pair(s) ({len(self.exact_pairs)} exact) in {len(self.groups)} "
-                f"group(s) of {n_images} images; {len(self.conflicts)} label conflict(s)")
+        return (
+            f"{len(self.pairs)} near-duplicate pair(s) ({len(self.exact_pairs)} exact) in {len(self.groups)} "
+            f"group(s) of {n_images} images; {len(self.conflicts)} label conflict(s)"
+        )
 
 
 def image_hashes(images: Sequence[np.ndarray], scan_area: bool = True) -> np.ndarray:
@@ -92,17 +96,21 @@ def hash_distances(hashes: np.ndarray, block: int = 1024) -> np.ndarray:
     n = len(hashes)
     out = np.zeros((n, n), dtype=np.uint8)
     for start in range(0, n, block):  # blocks keep memory at block x N per hash
-        part = hashes[start:start + block]
+        part = hashes[start : start + block]
         dist = np.zeros((len(part), n), dtype=np.uint8)
         for c in range(hashes.shape[1]):
             dist += np.bitwise_count(part[:, None, c] ^ hashes[None, :, c]).astype(np.uint8)
-        out[start:start + block] = dist
+        out[start : start + block] = dist
     return out
 
 
-def find_duplicates(manifest: Manifest, images: Sequence[np.ndarray] | None = None,
-                    max_distance: int = DEFAULT_MAX_DISTANCE, scan_area: bool = True,
-                    hashes: np.ndarray | None = None) -> DuplicateReport:
+def find_duplicates(
+    manifest: Manifest,
+    images: Sequence[np.ndarray] | None = None,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    scan_area: bool = True,
+    hashes: np.ndarray | None = None,
+) -> DuplicateReport:
     """Find exact and near-duplicate rows of ``manifest``.
 
     Args:
@@ -164,7 +172,10 @@ def apply_duplicate_groups(manifest: Manifest, report: DuplicateReport, label_co
         if table.empty:
             raise DataError(f"{manifest.root}: every image is in a label conflict; nothing left to train on")
     else:
-        warnings.warn(f"{manifest.root}: {len(report.conflicts)} near-duplicate pair(s) carry different labels "
-                      f"({len(rows)} images, e.g. {table['path'].iloc[rows[0]]}); kept "
-                      "(set label_conflicts=exclude to drop them)", stacklevel=2)
+        warnings.warn(
+            f"{manifest.root}: {len(report.conflicts)} near-duplicate pair(s) carry different labels "
+            f"({len(rows)} images, e.g. {table['path'].iloc[rows[0]]}); kept "
+            "(set label_conflicts=exclude to drop them)",
+            stacklevel=2,
+        )
     return Manifest(table, manifest.root, list(manifest.classes))

@@ -11,13 +11,15 @@ Rules (stated once, here):
 - ``PatientID`` becomes the patient id; pixel spacing (``PixelSpacing`` or the ultrasound
   region's ``PhysicalDeltaX/Y``) is kept in millimetres.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from skintumor.data.manifest import DataError
+from skintumor.data.pixels import to_uint8_grey
+from skintumor.errors import DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 MULTIFRAME_RULES = ("middle", "refuse")
@@ -60,14 +62,13 @@ def read_dicom_grey(path: str | Path) -> np.ndarray:
     """Decode a DICOM image (middle frame of a clip) as HxW uint8; :class:`DataError` otherwise."""
     from pydicom.pixels import apply_color_lut, pixel_array
 
-    from skintumor.data.images import to_uint8_grey
-
     path = Path(path)
     ds = _read_dataset(path, pixels=True)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if not _has_preamble(path) and "SOPClassUID" not in ds:
-            raise DataError(f"{path}: not a readable DICOM file (no DICM header, no SOP class: "
-                            "another format named .dcm?)")
+            raise DataError(
+                f"{path}: not a readable DICOM file (no DICM header, no SOP class: another format named .dcm?)"
+            )
         raise DataError(f"{path}: DICOM file has no pixel data (a report or structured document?)")
     frames = number_of_frames(ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -121,7 +122,11 @@ def _pixel_spacing_mm(ds) -> tuple[str, str]:
         return f"{float(spacing[0]):.6g}", f"{float(spacing[1]):.6g}"
     regions = ds.get("SequenceOfUltrasoundRegions")
     for region in regions or []:
-        if (region.get("PhysicalUnitsXDirection") == _CM_UNITS and region.get("PhysicalUnitsYDirection") == _CM_UNITS
-                and "PhysicalDeltaX" in region and "PhysicalDeltaY" in region):
+        if (
+            region.get("PhysicalUnitsXDirection") == _CM_UNITS
+            and region.get("PhysicalUnitsYDirection") == _CM_UNITS
+            and "PhysicalDeltaX" in region
+            and "PhysicalDeltaY" in region
+        ):
             return f"{float(region.PhysicalDeltaY) * 10:.6g}", f"{float(region.PhysicalDeltaX) * 10:.6g}"
     return "", ""

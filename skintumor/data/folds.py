@@ -5,6 +5,7 @@ near-duplicate images), so no patient or duplicate ever sits on both sides of a 
 outer training part an inner grouped split gives the validation set that picks the checkpoint, and
 :meth:`PatientGroupedFolds.inner_folds` gives the K inner folds of the augmentation search.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from skintumor.data.manifest import DataError
+from skintumor.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,7 @@ class Split:
     test: np.ndarray
 
     def as_dict(self) -> dict:
-        return {"fold": self.fold, "train": self.train.tolist(), "val": self.val.tolist(),
-                "test": self.test.tolist()}
+        return {"fold": self.fold, "train": self.train.tolist(), "val": self.val.tolist(), "test": self.test.tolist()}
 
 
 class PatientGroupedFolds:
@@ -64,8 +64,10 @@ class PatientGroupedFolds:
         for cls in np.unique(labels):
             n = len(np.unique(groups[labels == cls]))
             if n < k:
-                raise DataError(f"class {cls} has only {n} patient group(s), fewer than the {k} {what}; "
-                                "lower the number of folds or add patients")
+                raise DataError(
+                    f"class {cls} has only {n} patient group(s), fewer than the {k} {what}; "
+                    "lower the number of folds or add patients"
+                )
 
     def __len__(self) -> int:
         return self.n_splits
@@ -94,8 +96,10 @@ class PatientGroupedFolds:
         part = self.train_part(fold)
         n_inner = max(2, round(1.0 / self.val_fraction))
         if not 0 <= inner_fold < n_inner:
-            raise DataError(f"inner_fold {inner_fold} does not exist (inner folds are 0..{n_inner - 1} "
-                            f"for val_fraction {self.val_fraction})")
+            raise DataError(
+                f"inner_fold {inner_fold} does not exist (inner folds are 0..{n_inner - 1} "
+                f"for val_fraction {self.val_fraction})"
+            )
         test = self.test_indices(fold)
         if nested:
             part, test = self._validation_split(fold, part, n_inner, 0)
@@ -105,8 +109,11 @@ class PatientGroupedFolds:
         train, val = self._validation_split(fold_seed, part, n_inner, inner_fold)
         absent = sorted(set(self.labels[part]) - set(self.labels[val]))
         if absent:
-            warnings.warn(f"fold {fold}: class(es) {absent} have no validation image; "
-                          "checkpoint selection cannot see them (add patients or raise val_fraction)", stacklevel=2)
+            warnings.warn(
+                f"fold {fold}: class(es) {absent} have no validation image; "
+                "checkpoint selection cannot see them (add patients or raise val_fraction)",
+                stacklevel=2,
+            )
         result = Split(fold, np.sort(train), np.sort(val), np.sort(test))
         assert_disjoint_groups(result, self.groups)
         return result

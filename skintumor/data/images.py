@@ -6,54 +6,20 @@ and the pixel value is scaled by the *file's* bit depth (8-bit: /255, 16-bit: /6
 every file. DICOM files (``.dcm``/``.dicom`` or any file with the DICM preamble) are decoded by
 :mod:`skintumor.data.dicom`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from skintumor.data.manifest import DataError
+from skintumor.data import dicom
+from skintumor.data.pixels import dtype_max, to_uint8_grey
+from skintumor.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the same weights as PIL's "L"
-
-
-def to_uint8_grey(array: np.ndarray, max_value: float | None = None) -> np.ndarray:
-    """HxW or HxWxC array (C = 1, 2 = LA, 3 = RGB or 4 = RGBA) -> HxW uint8.
-
-    Args:
-        array: pixel values; colour channels are RGB(A).
-        max_value: the value that becomes 255. Default: the dtype's range (uint8 255, uint16
-            65535, bool 1); float arrays are taken as 0..1 when their maximum is <= 1, else 0..255.
-    """
-    if max_value is None:
-        max_value = _dtype_max(array)
-    if array.ndim == 3:
-        if array.shape[2] in (2, 4):  # LA / RGBA: alpha is display-only for scans
-            array = array[..., :-1]
-        if array.shape[2] == 1:
-            array = array[..., 0]
-        elif array.shape[2] == 3:
-            array = array.astype(np.float64) @ _LUMA
-        else:
-            raise ValueError(f"cannot convert an image with {array.shape[2]} channels to greyscale")
-    elif array.ndim != 2:
-        raise ValueError(f"expected an HxW or HxWxC image, got shape {array.shape}")
-    if array.dtype == np.uint8 and max_value == 255:
-        return array
-    scaled = array.astype(np.float64) * (255.0 / float(max_value))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _dtype_max(array: np.ndarray) -> float:
-    if array.dtype == bool:
-        return 1.0
-    if np.issubdtype(array.dtype, np.integer):
-        return float(np.iinfo(array.dtype).max)
-    return 1.0 if array.size == 0 or float(np.nanmax(array)) <= 1.0 else 255.0
 
 
 def read_greyscale(path: str | Path) -> np.ndarray:
@@ -70,8 +36,6 @@ def _decode(path: Path) -> tuple[np.ndarray, float]:
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
-    from skintumor.data import dicom  # late import: dicom imports this module
-
     if dicom.is_dicom(path):
         array, max_value = dicom.read_dicom_grey(path), 255.0
     else:
@@ -97,7 +61,7 @@ def _pillow_array(img: Image.Image) -> tuple[np.ndarray, float]:
         return np.clip(np.asarray(img), 0, 65535).astype(np.uint16), 65535.0
     if mode == "F":
         array = np.asarray(img, dtype=np.float64)
-        return array, _dtype_max(array)
+        return array, dtype_max(array)
     if mode in ("L", "LA", "RGB", "RGBA"):  # alpha kept: images drop it, masks may live in it
         return np.asarray(img), 255.0
     if mode == "1":
@@ -124,11 +88,14 @@ def read_mask(path: str | Path | Sequence[str | Path], shape: tuple[int, int] | 
     for p in paths:
         mask = _binary(_decode(Path(p))[0])
         if shape is not None and mask.shape != tuple(shape):
-            raise DataError(f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
-                            f"{shape[1]}x{shape[0]} px")
+            raise DataError(
+                f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is {shape[1]}x{shape[0]} px"
+            )
         if union is not None and mask.shape != union.shape:
-            raise DataError(f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} px but {paths[0]} is "
-                            f"{union.shape[1]}x{union.shape[0]} px")
+            raise DataError(
+                f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} px but {paths[0]} is "
+                f"{union.shape[1]}x{union.shape[0]} px"
+            )
         union = mask if union is None else union | mask
     return union
 

@@ -12,20 +12,21 @@ Columns (in this order, then any source-specific extras such as phantom findings
 
 The manifest is plain pandas + pathlib so it can be used from a notebook.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from skintumor.errors import DataError  # noqa: F401 - its historical home; many modules import it from here
+from skintumor.errors import DataError
 
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 CORE_COLUMNS = ("path", "label", "patient_id", "group_id", "mask_path")
@@ -97,19 +98,21 @@ class Manifest:
         return path
 
     @classmethod
-    def from_csv(cls, csv_path: str | Path, root: str | Path | None = None,
-                 classes: list[str] | None = None) -> Manifest:
+    def from_csv(
+        cls, csv_path: str | Path, root: str | Path | None = None, classes: list[str] | None = None
+    ) -> Manifest:
         """Read a manifest CSV; relative paths resolve against ``root`` (default: the CSV's folder)."""
-        csv_path = Path(csv_path)
+        csv_path = Path(csv_path).expanduser()
         table = read_user_csv(csv_path, "manifest CSV")
-        root = Path(root) if root is not None else csv_path.parent
+        root = Path(root).expanduser() if root is not None else csv_path.parent
         table = _normalise(table, root, what=str(csv_path))
         return cls(table, root, list(classes or []))
 
 
 def read_user_csv(csv_path: str | Path, what: str = "CSV", dtype=str) -> pd.DataFrame:
-    """Read a user's CSV with empty cells as "" ; a missing or unreadable file is a :class:`DataError`."""
-    csv_path = Path(csv_path)
+    """Read a user's CSV (``~`` expanded) with empty cells as "";
+    a missing or unreadable file is a :class:`DataError`."""
+    csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: {what} not found")
     try:
@@ -128,8 +131,9 @@ def _normalise(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
             warnings.warn(f"{what}: no patient_id column; every image is treated as its own patient", stacklevel=3)
             table["patient_id"] = ["img:" + str(p) for p in table["path"]]
     if missing:
-        raise DataError(f"{what}: manifest is missing column(s) {', '.join(missing)} "
-                        f"(has: {', '.join(map(str, table.columns))})")
+        raise DataError(
+            f"{what}: manifest is missing column(s) {', '.join(missing)} (has: {', '.join(map(str, table.columns))})"
+        )
     if table.empty:
         raise DataError(f"{what}: manifest has no rows")
     for col in CORE_COLUMNS:
@@ -142,9 +146,12 @@ def _normalise(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
     if len(blank):
         raise DataError(f"{what}: row {blank.index[0] + 2} has an empty path, label or patient_id")
     table["path"] = [_relative_inside(root, v, "path", what) for v in table["path"]]
-    table["mask_path"] = [MASK_SEPARATOR.join(_relative_inside(root, part.strip(), "mask_path", what)
-                                              for part in v.split(MASK_SEPARATOR)) if v else v
-                          for v in table["mask_path"]]
+    table["mask_path"] = [
+        MASK_SEPARATOR.join(_relative_inside(root, part.strip(), "mask_path", what) for part in v.split(MASK_SEPARATOR))
+        if v
+        else v
+        for v in table["mask_path"]
+    ]
     extras = [c for c in table.columns if c not in CORE_COLUMNS]
     return table[list(CORE_COLUMNS) + extras].reset_index(drop=True)
 
@@ -178,9 +185,11 @@ def _whole_patient_groups(table: pd.DataFrame, what: str) -> pd.Series:
     joined = table["group_id"].groupby(component).transform("min")
     example = straddling.index[0]
     groups = sorted(set(table.loc[table["patient_id"] == example, "group_id"]))
-    warnings.warn(f"{what}: {len(straddling)} patient(s) have images in more than one group_id (e.g. {example}: "
-                  f"{', '.join(groups[:3])}); those groups were joined so that no patient straddles a split",
-                  stacklevel=4)
+    warnings.warn(
+        f"{what}: {len(straddling)} patient(s) have images in more than one group_id (e.g. {example}: "
+        f"{', '.join(groups[:3])}); those groups were joined so that no patient straddles a split",
+        stacklevel=4,
+    )
     return joined
 
 
@@ -200,6 +209,8 @@ def warn_mixed_label_patients(manifest: Manifest) -> list[str]:
     mixed = sorted(counts[counts > 1].index)
     if mixed:
         shown = ", ".join(mixed[:5]) + (" ..." if len(mixed) > 5 else "")
-        warnings.warn(f"{len(mixed)} patient(s) have images of more than one class ({shown}); "
-                      "each stays whole inside one fold", stacklevel=2)
+        warnings.warn(
+            f"{len(mixed)} patient(s) have images of more than one class ({shown}); each stays whole inside one fold",
+            stacklevel=2,
+        )
     return mixed

@@ -7,6 +7,7 @@ morphological opening, and take the bounding box of the large connected regions.
 (on OpenCV primitives) because no kept library knows ultrasound screens; ~1 ms on a 400 px image.
 Deep tissue with almost no echo (grey level <= ``background``) below the scan counts as margin.
 """
+
 from __future__ import annotations
 
 import cv2

@@ -3,26 +3,28 @@
 ``load_source(name, **options)`` is what the data module and the CLI call; new sources register in
 :data:`SOURCES` with a function ``(root, **options) -> Manifest``.
 """
+
 from __future__ import annotations
 
 import inspect
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from skintumor.data.dicom import DICOM_SUFFIXES, MULTIFRAME_RULES, dicom_header, is_dicom
 from skintumor.data.images import IMAGE_SUFFIXES
-from skintumor.data.manifest import MASK_SEPARATOR, DataError, Manifest, read_user_csv
-from skintumor.errors import ConfigError
+from skintumor.data.manifest import MASK_SEPARATOR, Manifest, read_user_csv
+from skintumor.errors import ConfigError, DataError
 
 BUSI_ROOT = "../shared/data/busi"  # relative to the repo root (the working directory of every entry point)
 
 
-def folder_manifest(root: str | Path, patients_csv: str | Path | None = None,
-                    classes: list[str] | None = None) -> Manifest:
+def folder_manifest(
+    root: str | Path, patients_csv: str | Path | None = None, classes: list[str] | None = None
+) -> Manifest:
     """``root/<class>/*.{png,jpg,jpeg,bmp,tif,tiff,dcm}``; patient ids from an optional CSV.
 
     The CSV needs ``path`` (relative to root, or a bare file name if unique) and ``patient_id``.
@@ -39,11 +41,17 @@ def folder_manifest(root: str | Path, patients_csv: str | Path | None = None,
     table = pd.DataFrame(rows)
     masks = [p for p in table["path"] if BUSI_MASK_PATTERN.search(Path(p).stem)]
     if masks:
-        warnings.warn(f"{root}: {len(masks)} file(s) look like masks (e.g. {masks[0]}) and are read as images; "
-                      "for <name>.png + <name>_mask.png folders use source 'busi'", stacklevel=2)
+        warnings.warn(
+            f"{root}: {len(masks)} file(s) look like masks (e.g. {masks[0]}) and are read as images; "
+            "for <name>.png + <name>_mask.png folders use source 'busi'",
+            stacklevel=2,
+        )
     if patients_csv is None:
-        warnings.warn(f"{root}: no patients CSV given; every image is treated as its own patient "
-                      "(near-duplicates of one lesion may then straddle folds)", stacklevel=2)
+        warnings.warn(
+            f"{root}: no patients CSV given; every image is treated as its own patient "
+            "(near-duplicates of one lesion may then straddle folds)",
+            stacklevel=2,
+        )
         table["patient_id"] = ["img:" + p for p in table["path"]]
     else:
         table["patient_id"] = _patient_ids(Path(patients_csv), table["path"])
@@ -68,8 +76,7 @@ def _class_dirs(root: str | Path, classes: list[str] | None) -> tuple[Path, list
 
 def _files(folder: Path, keep: Callable[[Path], bool]) -> list[Path]:
     """Non-hidden files under ``folder`` (recursively) that ``keep`` accepts, sorted."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and not p.name.startswith(".") and keep(p))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and keep(p))
 
 
 def _patient_ids(csv_path: Path, paths: pd.Series) -> list[str]:
@@ -88,13 +95,17 @@ def _patient_ids(csv_path: Path, paths: pd.Series) -> list[str]:
             pid = "img:" + p
         result.append(pid)
     if unmatched:
-        warnings.warn(f"{csv_path}: {len(unmatched)} image(s) have no patient id (e.g. {unmatched[0]}); "
-                      "each is treated as its own patient", stacklevel=3)
+        warnings.warn(
+            f"{csv_path}: {len(unmatched)} image(s) have no patient id (e.g. {unmatched[0]}); "
+            "each is treated as its own patient",
+            stacklevel=3,
+        )
     return result
 
 
-def csv_manifest(root: str | Path | None = None, manifest: str | Path | None = None,
-                 classes: list[str] | None = None) -> Manifest:
+def csv_manifest(
+    root: str | Path | None = None, manifest: str | Path | None = None, classes: list[str] | None = None
+) -> Manifest:
     """A user's CSV manifest (``path, label, patient_id[, mask_path, ...]``); extra columns are kept.
 
     ``root`` defaults to the CSV's folder; every file named must exist.
@@ -114,8 +125,12 @@ def csv_manifest(root: str | Path | None = None, manifest: str | Path | None = N
     return result
 
 
-def dicom_manifest(root: str | Path | None = None, manifest: str | Path | None = None,
-                   classes: list[str] | None = None, multiframe: str = "middle") -> Manifest:
+def dicom_manifest(
+    root: str | Path | None = None,
+    manifest: str | Path | None = None,
+    classes: list[str] | None = None,
+    multiframe: str = "middle",
+) -> Manifest:
     """DICOM files, from ``root/<class>/*`` (``.dcm``, ``.dicom`` or any file with the DICM preamble)
     or from a CSV ``manifest`` (``path, label[, patient_id, mask_path, ...]``).
 
@@ -134,7 +149,9 @@ def dicom_manifest(root: str | Path | None = None, manifest: str | Path | None =
         root, table, class_names = base.root, base.table.copy(), base.classes
     else:
         if root is None:
-            raise DataError("dicom source: set data.root=FOLDER (with <class>/ sub-folders) or data.options.manifest=FILE.csv")
+            raise DataError(
+                "dicom source: set data.root=FOLDER (with <class>/ sub-folders) or data.options.manifest=FILE.csv"
+            )
         root, class_dirs = _class_dirs(root, classes)
         rows = []
         for class_dir in class_dirs:
@@ -160,14 +177,21 @@ def dicom_manifest(root: str | Path | None = None, manifest: str | Path | None =
         table["group_id"] = ""
     clips = table.loc[pd.to_numeric(table["n_frames"], errors="coerce").fillna(1) > 1, "path"].tolist()
     if clips and multiframe == "refuse":
-        raise DataError(f"{root / clips[0]}: multi-frame DICOM clip ({len(clips)} clip(s) in all; "
-                        "export stills, or set multiframe=middle to use each clip's middle frame)")
+        raise DataError(
+            f"{root / clips[0]}: multi-frame DICOM clip ({len(clips)} clip(s) in all; "
+            "export stills, or set multiframe=middle to use each clip's middle frame)"
+        )
     if clips:
-        warnings.warn(f"{root}: {len(clips)} multi-frame DICOM clip(s) (e.g. {clips[0]}); "
-                      "each is read as its middle frame", stacklevel=2)
+        warnings.warn(
+            f"{root}: {len(clips)} multi-frame DICOM clip(s) (e.g. {clips[0]}); each is read as its middle frame",
+            stacklevel=2,
+        )
     if table["patient_id"].str.startswith("img:").all():
-        warnings.warn(f"{root}: no DICOM PatientID found; every image is treated as its own patient "
-                      "(duplicate grouping still keeps near-identical images together)", stacklevel=2)
+        warnings.warn(
+            f"{root}: no DICOM PatientID found; every image is treated as its own patient "
+            "(duplicate grouping still keeps near-identical images together)",
+            stacklevel=2,
+        )
     return Manifest(table, root, class_names)
 
 
@@ -184,8 +208,10 @@ def busi_manifest(root: str | Path = BUSI_ROOT, classes: list[str] | None = None
     its own patient, and duplicate grouping (:mod:`skintumor.data.dedup`) joins near-identical ones.
     """
     if not Path(root).expanduser().is_dir():
-        raise DataError(f"{root}: BUSI folder not found (a relative root starts at the directory you run from, "
-                        "normally the repo root; set data.root=DIR)")
+        raise DataError(
+            f"{root}: BUSI folder not found (a relative root starts at the directory you run from, "
+            "normally the repo root; set data.root=DIR)"
+        )
     root, class_dirs = _class_dirs(root, classes)
     rows, orphans = [], []
     for class_dir in class_dirs:
@@ -195,15 +221,20 @@ def busi_manifest(root: str | Path = BUSI_ROOT, classes: list[str] | None = None
             match = BUSI_MASK_PATTERN.search(p.stem)
             if match:
                 part = int(match.group(1)[1:]) if match.group(1) else 0
-                masks.setdefault((p.parent, p.stem[:match.start()]), []).append((part, p))
+                masks.setdefault((p.parent, p.stem[: match.start()]), []).append((part, p))
         images = [p for p in files if not BUSI_MASK_PATTERN.search(p.stem)]
         if not images:
             raise DataError(f"{class_dir}: class folder has no images (expected <name>.png beside <name>_mask.png)")
         for p in images:
             parts = [m for _, m in sorted(masks.pop((p.parent, p.stem), []))]
-            rows.append({"path": p.relative_to(root).as_posix(), "label": class_dir.name,
-                         "mask_path": MASK_SEPARATOR.join(m.relative_to(root).as_posix() for m in parts),
-                         "n_masks": len(parts)})
+            rows.append(
+                {
+                    "path": p.relative_to(root).as_posix(),
+                    "label": class_dir.name,
+                    "mask_path": MASK_SEPARATOR.join(m.relative_to(root).as_posix() for m in parts),
+                    "n_masks": len(parts),
+                }
+            )
         orphans += [m for parts in masks.values() for _, m in parts]
     if orphans:
         warnings.warn(f"{root}: {len(orphans)} mask file(s) without their image (e.g. {orphans[0]})", stacklevel=2)
@@ -244,5 +275,6 @@ def _check_options(name: str, source: Callable, given: dict) -> None:
         return  # passes them on; the callee checks
     unknown = sorted(set(given) - set(parameters))
     if unknown:
-        raise ConfigError(f"data source {name!r} has no option {', '.join(unknown)} "
-                          f"(it takes: {', '.join(parameters)})")
+        raise ConfigError(
+            f"data source {name!r} has no option {', '.join(unknown)} (it takes: {', '.join(parameters)})"
+        )

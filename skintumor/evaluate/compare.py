@@ -14,6 +14,7 @@ comparison is refused. Differences (A - B) are tested as paired:
 A headline difference is called significant when its Holm-adjusted bootstrap p value is below
 0.05 (the smallest bootstrap p is 2 / (replicates + 1), so use at least 1000 replicates).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,19 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from skintumor.data.manifest import DataError
+from skintumor.errors import DataError
 from skintumor.evaluate.document import Document
 from skintumor.evaluate.metrics import (
-    ECE_BINS, HEADLINE, bootstrap_weights, classification_metrics, metric_names, percentile_interval,
+    ECE_BINS,
+    HEADLINE,
+    bootstrap_weights,
+    metric_names,
+    percentile_interval,
     weighted_metrics,
 )
-from skintumor.evaluate.report import (
-    LEVELS, Sweep, json_safe, fmt, level_arrays, load_sweep, mean_sd, metric_label,
-)
+from skintumor.evaluate.report import fmt, interval_text, json_safe, mean_sd_text, metric_label
+from skintumor.evaluate.summary import LEVELS, level_arrays, mean_sd, point_metrics
+from skintumor.evaluate.sweep import Sweep, load_sweep
 
 ALPHA = 0.05
 
@@ -50,8 +55,9 @@ def aligned_predictions(a: Sweep, b: Sweep) -> tuple[pd.DataFrame, pd.DataFrame,
     for name, sweep, other in ((a.name, a, b), (b.name, b, a)):
         only = sorted(set(sweep.folds) - set(other.folds))
         if only:
-            notes.append(f"fold(s) {', '.join(map(str, only))} have predictions only in {name}; "
-                         "the comparison leaves them out")
+            notes.append(
+                f"fold(s) {', '.join(map(str, only))} have predictions only in {name}; the comparison leaves them out"
+            )
     if not shared:
         raise DataError(f"{a.directory} and {b.directory} share no fold with predictions")
     tables_a, tables_b = [], []
@@ -62,9 +68,11 @@ def aligned_predictions(a: Sweep, b: Sweep) -> tuple[pd.DataFrame, pd.DataFrame,
         if paths_a != paths_b or len(ta) != len(tb):
             only_a, only_b = sorted(paths_a - paths_b), sorted(paths_b - paths_a)
             example = (only_a or only_b or ["(same paths, different counts)"])[0]
-            raise DataError(f"fold {k}: the test images of {a.directory} and {b.directory} differ "
-                            f"({len(only_a)} only in A, {len(only_b)} only in B, e.g. {example}); "
-                            "the sweeps did not use the same folds")
+            raise DataError(
+                f"fold {k}: the test images of {a.directory} and {b.directory} differ "
+                f"({len(only_a)} only in A, {len(only_b)} only in B, e.g. {example}); "
+                "the sweeps did not use the same folds"
+            )
         if not (ta["y"].to_numpy() == tb["y"].to_numpy()).all():
             bad = ta["path"][ta["y"].to_numpy() != tb["y"].to_numpy()].iloc[0]
             raise DataError(f"fold {k}: {bad} has different labels in {a.directory} and {b.directory}")
@@ -105,8 +113,16 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"a_right_b_wrong": a_only, "a_wrong_b_right": b_only, "p": float(p)}
 
 
-def compare_level(ta: pd.DataFrame, tb: pd.DataFrame, classes: list[str], level: str, n_boot: int, seed: int,
-                  level_ci: float = 0.95, n_bins: int = ECE_BINS) -> dict:
+def compare_level(
+    ta: pd.DataFrame,
+    tb: pd.DataFrame,
+    classes: list[str],
+    level: str,
+    n_boot: int,
+    seed: int,
+    level_ci: float = 0.95,
+    n_bins: int = ECE_BINS,
+) -> dict:
     """Paired differences A - B of every metric at one level, on aligned tables."""
     arr_a, arr_b = level_arrays(ta, classes, level), level_arrays(tb, classes, level)
     assert (arr_a["y"] == arr_b["y"]).all() and (arr_a["cluster"] == arr_b["cluster"]).all()
@@ -114,14 +130,19 @@ def compare_level(ta: pd.DataFrame, tb: pd.DataFrame, classes: list[str], level:
     weights = bootstrap_weights(cluster, n_boot, seed)  # one resample, both models
     boot_a = weighted_metrics(y, arr_a["probs"], weights, classes, n_bins, arr_a["scores"])
     boot_b = weighted_metrics(y, arr_b["probs"], weights, classes, n_bins, arr_b["scores"])
-    point_a = classification_metrics(y, arr_a["probs"], classes, n_bins, arr_a["scores"])
-    point_b = classification_metrics(y, arr_b["probs"], classes, n_bins, arr_b["scores"])
+    point_a, point_b = point_metrics(arr_a, classes, n_bins), point_metrics(arr_b, classes, n_bins)
     rows = {}
     for name in metric_names(classes):
         diff = boot_a[name] - boot_b[name]
         low, high = percentile_interval(diff, level_ci)
-        rows[name] = {"a": point_a[name], "b": point_b[name], "diff": point_a[name] - point_b[name],
-                      "ci_low": low, "ci_high": high, "p": bootstrap_p(diff)}
+        rows[name] = {
+            "a": point_a[name],
+            "b": point_b[name],
+            "diff": point_a[name] - point_b[name],
+            "ci_low": low,
+            "ci_high": high,
+            "p": bootstrap_p(diff),
+        }
     adjusted = holm([rows[name]["p"] for name in HEADLINE])
     for name, r in rows.items():
         r["p_holm"] = float(adjusted[HEADLINE.index(name)]) if name in HEADLINE else math.nan
@@ -131,44 +152,64 @@ def compare_level(ta: pd.DataFrame, tb: pd.DataFrame, classes: list[str], level:
     return {"n": int(len(y)), "metrics": rows, "mcnemar_accuracy": mcnemar(correct_a, correct_b)}
 
 
-def compare_sweeps(a: Sweep, b: Sweep, n_boot: int = 2000, seed: int = 0, level_ci: float = 0.95,
-                   n_bins: int = ECE_BINS) -> dict:
+def compare_sweeps(
+    a: Sweep, b: Sweep, n_boot: int = 2000, seed: int = 0, level_ci: float = 0.95, n_bins: int = ECE_BINS
+) -> dict:
     """All comparison numbers as a JSON-ready dict (see ``comparison.json``)."""
     ta, tb, notes = aligned_predictions(a, b)
     shared = sorted(set(ta["fold"]))
-    result = {"a": str(a.directory), "b": str(b.directory), "name_a": a.name, "name_b": b.name,
-              "overrides_a": a.overrides, "overrides_b": b.overrides, "members_a": a.members, "members_b": b.members,
-              "classes": a.classes, "folds": shared, "notes": notes,
-              "missing_a": {str(k): v for k, v in a.missing.items()}, "missing_b": {str(k): v for k, v in b.missing.items()},
-              "bootstrap": {"replicates": n_boot, "seed": seed, "level": level_ci, "unit": "group_id", "paired": True},
-              "alpha": ALPHA, "correction": "Holm over the headline metrics of a level; per-class p unadjusted"}
+    result = {
+        "a": str(a.directory),
+        "b": str(b.directory),
+        "name_a": a.name,
+        "name_b": b.name,
+        "overrides_a": a.overrides,
+        "overrides_b": b.overrides,
+        "members_a": a.members,
+        "members_b": b.members,
+        "classes": a.classes,
+        "folds": shared,
+        "notes": notes,
+        "missing_a": {str(k): v for k, v in a.missing.items()},
+        "missing_b": {str(k): v for k, v in b.missing.items()},
+        "bootstrap": {"replicates": n_boot, "seed": seed, "level": level_ci, "unit": "group_id", "paired": True},
+        "alpha": ALPHA,
+        "correction": "Holm over the headline metrics of a level; per-class p unadjusted",
+    }
     names = metric_names(a.classes)
     for level in LEVELS:
         entry = compare_level(ta, tb, a.classes, level, n_boot, seed, level_ci, n_bins)
         for tag, table in (("a", ta), ("b", tb)):
-            per_fold = {k: _fold_metrics(table[table["fold"] == k], a.classes, level, n_bins) for k in shared}
+            per_fold = {
+                k: point_metrics(level_arrays(table[table["fold"] == k], a.classes, level), a.classes, n_bins)
+                for k in shared
+            }
             entry[f"per_fold_{tag}"] = {str(k): v for k, v in per_fold.items()}
             entry[f"mean_sd_{tag}"] = mean_sd(per_fold, names)
         result[level] = entry
     return result
 
 
-def _fold_metrics(table: pd.DataFrame, classes: list[str], level: str, n_bins: int) -> dict[str, float]:
-    arrays = level_arrays(table, classes, level)
-    return classification_metrics(arrays["y"], arrays["probs"], classes, n_bins, arrays["scores"])
-
-
 def _diff_text(row: dict) -> str:
     sign = "+" if row["diff"] >= 0 else ""
-    return f"{sign}{fmt(row['diff'])} [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
+    return f"{sign}{fmt(row['diff'])} {interval_text(row)}"
 
 
 def _p_text(p: float) -> str:
     return "n/a" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-COMPARISON_HEADER = ["metric", "A folds mean ± SD", "B folds mean ± SD", "A pooled", "B pooled",
-                     "A - B [95% CI]", "p", "p (Holm)", "significant"]
+COMPARISON_HEADER = [
+    "metric",
+    "A folds mean ± SD",
+    "B folds mean ± SD",
+    "A pooled",
+    "B pooled",
+    "A - B [95% CI]",
+    "p",
+    "p (Holm)",
+    "significant",
+]
 
 
 def comparison_rows(level_result: dict, names: list[str], classes: list[str]) -> list[list[str]]:
@@ -177,33 +218,56 @@ def comparison_rows(level_result: dict, names: list[str], classes: list[str]) ->
         r = level_result["metrics"][name]
         ma, mb = level_result["mean_sd_a"][name], level_result["mean_sd_b"][name]
         verdict = ("**yes**" if r["significant"] else "no") if name in HEADLINE else "(exploratory)"
-        rows.append([metric_label(name, classes), f"{fmt(ma['mean'])} ± {fmt(ma['sd'])}",
-                     f"{fmt(mb['mean'])} ± {fmt(mb['sd'])}", fmt(r["a"]), fmt(r["b"]), _diff_text(r),
-                     _p_text(r["p"]), _p_text(r["p_holm"]), verdict])
+        rows.append(
+            [
+                metric_label(name, classes),
+                mean_sd_text(ma, always_sd=True),
+                mean_sd_text(mb, always_sd=True),
+                fmt(r["a"]),
+                fmt(r["b"]),
+                _diff_text(r),
+                _p_text(r["p"]),
+                _p_text(r["p_holm"]),
+                verdict,
+            ]
+        )
     return rows
 
 
 def comparison_document(result: dict) -> Document:
     classes = result["classes"]
     doc = Document(f"Comparison: {result['name_a']} (A) vs {result['name_b']} (B)")
-    doc.text(f"A = `{result['a']}`, B = `{result['b']}`. Same test images in folds "
-             f"{', '.join(map(str, result['folds']))} (checked image by image).")
+    doc.text(
+        f"A = `{result['a']}`, B = `{result['b']}`. Same test images in folds "
+        f"{', '.join(map(str, result['folds']))} (checked image by image)."
+    )
     for tag in ("a", "b"):
         if result[f"overrides_{tag}"]:
             doc.text(f"{tag.upper()} run with: `" + " ".join(result[f"overrides_{tag}"]) + "`")
         members = result.get(f"members_{tag}") or {}
         if members:
-            doc.text(f"{tag.upper()} is an ensemble of: " + "; ".join(
-                f"`{name}`" + (" run with `" + " ".join(o) + "`" if o else "") for name, o in members.items()))
+            doc.text(
+                f"{tag.upper()} is an ensemble of: "
+                + "; ".join(
+                    f"`{name}`" + (" run with `" + " ".join(o) + "`" if o else "") for name, o in members.items()
+                )
+            )
     for tag in ("a", "b"):
         for k, reason in sorted(result[f"missing_{tag}"].items()):
             doc.warning(f"fold {k} is missing in {result['name_' + tag]}: {reason}. It is left out of the comparison.")
     for note in result["notes"]:
         doc.warning(note)
-    significant = [(level, name) for level in LEVELS for name, r in result[level]["metrics"].items() if r["significant"]]
+    significant = [
+        (level, name) for level in LEVELS for name, r in result[level]["metrics"].items() if r["significant"]
+    ]
     if significant:
-        doc.text("**Significant differences** (Holm-adjusted paired bootstrap p < 0.05): " + "; ".join(
-            f"{metric_label(n, classes)} at {lvl} level ({_diff_text(result[lvl]['metrics'][n])})" for lvl, n in significant))
+        doc.text(
+            "**Significant differences** (Holm-adjusted paired bootstrap p < 0.05): "
+            + "; ".join(
+                f"{metric_label(n, classes)} at {lvl} level ({_diff_text(result[lvl]['metrics'][n])})"
+                for lvl, n in significant
+            )
+        )
     else:
         doc.text("**No difference is significant** (Holm-adjusted paired bootstrap p < 0.05) at either level.")
     for level in LEVELS:
@@ -211,25 +275,40 @@ def comparison_document(result: dict) -> Document:
         doc.heading(f"{level.capitalize()} level ({entry['n']} {level}s)")
         doc.table(COMPARISON_HEADER, comparison_rows(entry, list(HEADLINE), classes))
         mc = entry["mcnemar_accuracy"]
-        doc.text(f"McNemar (exact) on {level}-level accuracy: A right & B wrong {mc['a_right_b_wrong']}, "
-                 f"A wrong & B right {mc['a_wrong_b_right']}, p = {_p_text(mc['p'])}"
-                 + (" (images of one patient are not independent: trust the patient level)." if level == "image" else "."))
+        doc.text(
+            f"McNemar (exact) on {level}-level accuracy: A right & B wrong {mc['a_right_b_wrong']}, "
+            f"A wrong & B right {mc['a_wrong_b_right']}, p = {_p_text(mc['p'])}"
+            + (" (images of one patient are not independent: trust the patient level)." if level == "image" else ".")
+        )
         doc.heading("Per class", 3)
-        doc.table(COMPARISON_HEADER, comparison_rows(entry, [n for n in metric_names(classes) if n not in HEADLINE], classes))
+        doc.table(
+            COMPARISON_HEADER, comparison_rows(entry, [n for n in metric_names(classes) if n not in HEADLINE], classes)
+        )
     doc.heading("Per fold (image level)", 3)
     header = ["fold"] + [f"{metric_label(m, classes)} A / B" for m in ("acc", "bal_acc", "auroc_macro", "ece")]
-    doc.table(header, [[k] + [f"{fmt(result['image']['per_fold_a'][k][m])} / {fmt(result['image']['per_fold_b'][k][m])}"
-                              for m in ("acc", "bal_acc", "auroc_macro", "ece")] for k in result["image"]["per_fold_a"]])
+    doc.table(
+        header,
+        [
+            [k]
+            + [
+                f"{fmt(result['image']['per_fold_a'][k][m])} / {fmt(result['image']['per_fold_b'][k][m])}"
+                for m in ("acc", "bal_acc", "auroc_macro", "ece")
+            ]
+            for k in result["image"]["per_fold_a"]
+        ],
+    )
     doc.heading("How the test works", 3)
-    doc.bullets([
-        f"Paired bootstrap: {result['bootstrap']['replicates']} replicates (seed {result['bootstrap']['seed']}) "
-        "resample patient groups with replacement; both models are scored on the same resample and the "
-        "difference A - B is recorded. Interval: 95 % percentile, not adjusted for the number of metrics (it "
-        "can exclude 0 while the Holm-adjusted p is above 0.05); p: twice the share of replicates beyond 0.",
-        "Holm correction over the headline metrics of a level, so looking at several metrics does not "
-        "manufacture a significant one; per-class p values are unadjusted and only exploratory.",
-        "Pooled = all shared out-of-fold predictions; fold mean ± SD = per-fold scores (not paired).",
-    ])
+    doc.bullets(
+        [
+            f"Paired bootstrap: {result['bootstrap']['replicates']} replicates (seed {result['bootstrap']['seed']}) "
+            "resample patient groups with replacement; both models are scored on the same resample and the "
+            "difference A - B is recorded. Interval: 95 % percentile, not adjusted for the number of metrics (it "
+            "can exclude 0 while the Holm-adjusted p is above 0.05); p: twice the share of replicates beyond 0.",
+            "Holm correction over the headline metrics of a level, so looking at several metrics does not "
+            "manufacture a significant one; per-class p values are unadjusted and only exploratory.",
+            "Pooled = all shared out-of-fold predictions; fold mean ± SD = per-fold scores (not paired).",
+        ]
+    )
     return doc
 
 
@@ -241,8 +320,10 @@ def print_comparison(result: dict, console=None) -> None:
     for note in result["notes"]:
         console.print(f"[bold red]NOTE:[/] {note}", soft_wrap=True)
     for level in LEVELS:
-        table = Table(title=f"{result['name_a']} (A) vs {result['name_b']} (B), {level} level, "
-                            f"folds {', '.join(map(str, result['folds']))}")
+        table = Table(
+            title=f"{result['name_a']} (A) vs {result['name_b']} (B), {level} level, "
+            f"folds {', '.join(map(str, result['folds']))}"
+        )
         table.add_column("metric")
         for col in ("A", "B", "A - B [95% CI]", "p (Holm)", "sig."):
             table.add_column(col, justify="right", no_wrap=True)
@@ -251,8 +332,15 @@ def print_comparison(result: dict, console=None) -> None:
         console.print(table)
 
 
-def build_comparison(sweep_a: str | Path, sweep_b: str | Path, out_dir: str | Path | None = None,
-                     n_boot: int = 2000, seed: int = 0, n_bins: int = ECE_BINS, console=None) -> dict:
+def build_comparison(
+    sweep_a: str | Path,
+    sweep_b: str | Path,
+    out_dir: str | Path | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    n_bins: int = ECE_BINS,
+    console=None,
+) -> dict:
     """Compare two sweeps; write ``comparison.md``, ``comparison.html`` and ``comparison.json`` into
     ``out_dir`` (default ``SWEEP_A/compare_<name of B>``); print the headline tables."""
     a, b = load_sweep(sweep_a), load_sweep(sweep_b)
@@ -266,5 +354,14 @@ def build_comparison(sweep_a: str | Path, sweep_b: str | Path, out_dir: str | Pa
     return result
 
 
-__all__ = ["aligned_predictions", "holm", "bootstrap_p", "mcnemar", "compare_level", "compare_sweeps",
-           "comparison_document", "print_comparison", "build_comparison"]
+__all__ = [
+    "aligned_predictions",
+    "holm",
+    "bootstrap_p",
+    "mcnemar",
+    "compare_level",
+    "compare_sweeps",
+    "comparison_document",
+    "print_comparison",
+    "build_comparison",
+]

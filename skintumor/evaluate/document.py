@@ -4,6 +4,7 @@ Reports are built once as a list of blocks (heading, paragraph, bullet list, tab
 written twice: ``report.md`` links the PNG files, the HTML page embeds them as base64 so it can be
 mailed or archived alone. Hand-written because no markdown/tabulate package is a dependency.
 """
+
 from __future__ import annotations
 
 import base64
@@ -81,8 +82,11 @@ class Document:
     def to_html(self, base_dir: str | Path) -> str:
         """HTML page with every figure read from ``base_dir / path`` and embedded as base64 PNG."""
         base_dir = Path(base_dir)
-        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
-                 f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(self.title)}</h1>"]
+        parts = [
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
+            f"<style>{_CSS}</style></head><body>",
+            f"<h1>{html.escape(self.title)}</h1>",
+        ]
         for block in self.blocks:
             kind = block[0]
             if kind == "heading":
@@ -99,8 +103,10 @@ class Document:
                 parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             elif kind == "figure":
                 data = base64.b64encode((base_dir / block[1]).read_bytes()).decode("ascii")
-                parts.append(f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"
-                             f"<figcaption>{_inline(block[2])}</figcaption></figure>")
+                parts.append(
+                    f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption>{_inline(block[2])}</figcaption></figure>"
+                )
         parts.append("</body></html>")
         return "\n".join(parts)
 

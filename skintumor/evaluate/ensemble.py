@@ -7,6 +7,7 @@ ensemble never sees the test fold either. The result is a sweep directory like a
 
     python -m skintumor.report --ensemble OUT SWEEP_A SWEEP_B SWEEP_C
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skintumor.data.manifest import DataError
-from skintumor.evaluate.report import PREDICTIONS, Sweep, load_sweep
+from skintumor.errors import DataError
+from skintumor.evaluate.sweep import PREDICTIONS, Sweep, load_sweep
 
 CARRIED = ("split.json", "manifest.csv", ".hydra")  # from the first member: folds, manifest, n_folds
 
@@ -50,8 +51,10 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
         tables = [_by_path(m, k) for m in members]
         for m, table in zip(members[1:], tables[1:]):
             if set(table.index) != set(tables[0].index):
-                raise DataError(f"{m.directory}/fold_{k}: test images differ from {members[0].directory}/fold_{k}; "
-                                "ensemble members must share the outer folds (same data.seed and n_folds)")
+                raise DataError(
+                    f"{m.directory}/fold_{k}: test images differ from {members[0].directory}/fold_{k}; "
+                    "ensemble members must share the outer folds (same data.seed and n_folds)"
+                )
         base = tables[0].copy()
         for cols in (columns, score_columns):
             base[cols] = np.mean([t.loc[base.index, cols].to_numpy(float) for t in tables], axis=0)
@@ -59,19 +62,25 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
         scored = not np.allclose(base[columns].to_numpy(float), base[score_columns].to_numpy(float), atol=1e-6)
         fold_dir = out_dir / f"fold_{k}"
         fold_dir.mkdir(parents=True)
-        base.reset_index()[["path", "patient_id", "group_id", "label", *columns, "pred",
-                            *(score_columns if scored else [])]].to_csv(fold_dir / PREDICTIONS, index=False,
-                                                                        float_format="%.6f")
+        base.reset_index()[
+            ["path", "patient_id", "group_id", "label", *columns, "pred", *(score_columns if scored else [])]
+        ].to_csv(fold_dir / PREDICTIONS, index=False, float_format="%.6f")
         source = members[0].directory / f"fold_{k}"
         for name in CARRIED:
             if (source / name).is_dir():
                 shutil.copytree(source / name, fold_dir / name)
             elif (source / name).is_file():
                 shutil.copy2(source / name, fold_dir / name)
-    (out_dir / "ensemble.json").write_text(json.dumps(
-        {"members": [str(Path(d).resolve()) for d in sweep_dirs], "folds": folds,
-         "combine": "mean probability (p_: each member's decision probabilities; score_: before offsets)"},
-        indent=2))
+    (out_dir / "ensemble.json").write_text(
+        json.dumps(
+            {
+                "members": [str(Path(d).resolve()) for d in sweep_dirs],
+                "folds": folds,
+                "combine": "mean probability (p_: each member's decision probabilities; score_: before offsets)",
+            },
+            indent=2,
+        )
+    )
     return out_dir
 
 

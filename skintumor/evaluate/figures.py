@@ -2,6 +2,7 @@
 
 Each function returns a ``Figure``; :func:`save` writes it as PNG and closes it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import auc as area_under_curve, roc_curve  # noqa: E402
+from sklearn.metrics import auc as area_under_curve  # noqa: E402
+from sklearn.metrics import roc_curve
 
 FPR_GRID = np.linspace(0.0, 1.0, 201)  # common x axis for averaging ROC curves over folds
 
@@ -37,8 +39,14 @@ def confusion_figure(conf: np.ndarray, classes: list[str], title: str):
         for i in range(len(classes)):
             for j in range(len(classes)):
                 dark = shown[i, j] > 0.6 * shown.max()
-                ax.text(j, i, fmt.format(data[i, j]) if not np.isnan(data[i, j]) else "-",
-                        ha="center", va="center", color="white" if dark else "black")
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(data[i, j]) if not np.isnan(data[i, j]) else "-",
+                    ha="center",
+                    va="center",
+                    color="white" if dark else "black",
+                )
         ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
@@ -70,12 +78,23 @@ def roc_figure(per_fold: dict[int, tuple[np.ndarray, np.ndarray]], classes: list
             ax.plot(fpr, tpr, lw=0.9, alpha=0.55, label=f"fold {fold} ({auc:.3f})")
         if tprs:
             mean, sd = np.mean(tprs, 0), np.std(tprs, 0)
-            ax.plot(FPR_GRID, mean, color="black", lw=2.2,
-                    label=f"mean ({np.mean(aucs):.3f} ± {np.std(aucs, ddof=1) if len(aucs) > 1 else 0:.3f})")
+            ax.plot(
+                FPR_GRID,
+                mean,
+                color="black",
+                lw=2.2,
+                label=f"mean ({np.mean(aucs):.3f} ± {np.std(aucs, ddof=1) if len(aucs) > 1 else 0:.3f})",
+            )
             ax.fill_between(FPR_GRID, np.clip(mean - sd, 0, 1), np.clip(mean + sd, 0, 1), color="grey", alpha=0.2)
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity",
-               title=f"{name} vs rest", aspect="equal")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            xlabel="1 - specificity",
+            ylabel="sensitivity",
+            title=f"{name} vs rest",
+            aspect="equal",
+        )
         ax.legend(loc="lower right", fontsize=7, title="AUROC", title_fontsize=7)
     fig.tight_layout()
     return fig
@@ -90,10 +109,25 @@ def reliability_figure(bins: dict[str, np.ndarray], ece: float, title: str):
     centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     filled = bins["count"] > 0
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.bar(centres[filled], bins["accuracy"][filled], width=width[filled], edgecolor="black",
-            color="tab:blue", alpha=0.8, label="accuracy")
-    top.bar(centres[filled], bins["confidence"][filled] - bins["accuracy"][filled], bottom=bins["accuracy"][filled],
-            width=width[filled], fill=False, hatch="//", edgecolor="tab:red", label="gap to mean confidence")
+    top.bar(
+        centres[filled],
+        bins["accuracy"][filled],
+        width=width[filled],
+        edgecolor="black",
+        color="tab:blue",
+        alpha=0.8,
+        label="accuracy",
+    )
+    top.bar(
+        centres[filled],
+        bins["confidence"][filled] - bins["accuracy"][filled],
+        bottom=bins["accuracy"][filled],
+        width=width[filled],
+        fill=False,
+        hatch="//",
+        edgecolor="tab:red",
+        label="gap to mean confidence",
+    )
     top.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
     top.set(ylim=(0, 1), ylabel="accuracy", title=f"{title} (ECE {ece:.3f}, {len(centres)} bins)")
     top.legend(loc="upper left", fontsize=8)

@@ -8,6 +8,7 @@
 and ``.hydra/config.yaml`` whether training cropped them to the scan area; nothing is re-split or
 re-checked, so explain, the report's helpers and the benchmarks see exactly what training saw.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from skintumor.data.check import decode_manifest
 from skintumor.data.datamodule import CachedImageDataset, decode_resized, resize_pair
-from skintumor.data.manifest import DataError, Manifest
+from skintumor.data.manifest import Manifest
+from skintumor.errors import DataError
 from skintumor.models.module import SkinTumorClassifier, load_classifier
 
 PARTS = ("train", "val", "test")
@@ -76,8 +78,10 @@ class FinishedRun:
         manifest = Manifest.from_csv(run_dir / "manifest.csv", root=root, classes=classes)
         classifier = load_classifier(run_dir / weights)
         if list(classifier.hparams.classes) != manifest.classes:
-            raise DataError(f"{run_dir / weights}: classes {list(classifier.hparams.classes)} "
-                            f"differ from split.json's {manifest.classes}")
+            raise DataError(
+                f"{run_dir / weights}: classes {list(classifier.hparams.classes)} "
+                f"differ from split.json's {manifest.classes}"
+            )
         return cls(run_dir, classifier, manifest, rows, checkpoint)
 
     @property
@@ -105,6 +109,7 @@ class FinishedRun:
         images, _ = self.decode(part)
         labels = self.manifest.labels
         hp = self.classifier.hparams
-        dataset = CachedImageDataset(images, [labels[r] for r in self.rows[part]], np.arange(len(images)),
-                                     hp.mean, hp.std)
+        dataset = CachedImageDataset(
+            images, [labels[r] for r in self.rows[part]], np.arange(len(images)), hp.mean, hp.std
+        )
         return DataLoader(dataset, batch_size=batch_size)

@@ -3,7 +3,8 @@
 Per class (one-vs-rest): accuracy, sensitivity (recall), specificity, precision, F1, AUROC; macro
 averages; balanced accuracy (= macro sensitivity); top-label expected calibration error (ECE).
 
-- During training they come from torchmetrics (:func:`stage_metrics`, :func:`summarise`).
+- During training they come from torchmetrics (:mod:`skintumor.models.metrics`), with the same
+  definitions (a test checks that both agree).
 - On saved predictions (reports) they are numpy/sklearn functions: :func:`classification_metrics`
   for point estimates, :func:`patient_level` to average a patient's images, and
   :func:`bootstrap_metrics` for patient-level (group) bootstrap confidence intervals.
@@ -15,53 +16,11 @@ when it is not ``probs``: the network's probabilities before the class offsets o
 are a threshold, chosen per fold; ranking the shifted probabilities would mix thresholds into a
 threshold-free measure (and pooling folds would mix different shifts).
 """
+
 from __future__ import annotations
 
 import numpy as np
-import torch
 from sklearn.metrics import confusion_matrix, roc_auc_score
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAUROC, MulticlassStatScores
-
-
-def stage_metrics(num_classes: int) -> MetricCollection:
-    """Stateful metrics for one stage (train/val/test); feed (probabilities, targets)."""
-    return MetricCollection({
-        "stats": MulticlassStatScores(num_classes=num_classes, average=None),
-        "auroc": MulticlassAUROC(num_classes=num_classes, average=None),
-    })
-
-
-def summarise(computed: dict[str, torch.Tensor], class_names: list[str]) -> dict[str, float]:
-    """Turn a computed :func:`stage_metrics` collection into named scalars.
-
-    Keys: ``acc`` (overall), ``bal_acc``, ``auroc_macro``, ``sens_macro``, ``spec_macro``, and per
-    class ``acc_<c>`` (one-vs-rest), ``sens_<c>``, ``spec_<c>``, ``auroc_<c>``.
-    """
-    stats = computed["stats"].double()  # (C, 5): tp, fp, tn, fn, support
-    tp, fp, tn, fn = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
-    total = tp + fp + tn + fn
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    # a class absent from the split (or the only one) has no sensitivity / specificity / AUROC:
-    # NaN, skipped by the macro means, as in classification_metrics (torchmetrics would give 0)
-    sens = torch.where(tp + fn > 0, tp / (tp + fn).clamp(min=1), nan)
-    spec = torch.where(tn + fp > 0, tn / (tn + fp).clamp(min=1), nan)
-    ovr_acc = (tp + tn) / total.clamp(min=1)
-    auroc = torch.where((tp + fn > 0) & (tn + fp > 0), computed["auroc"].double(), nan)
-    out = {
-        "acc": float(tp.sum() / total[0].clamp(min=1)),
-        "bal_acc": float(sens.nanmean()),
-        "sens_macro": float(sens.nanmean()),
-        "spec_macro": float(spec.nanmean()),
-        "auroc_macro": float(auroc.nanmean()),
-    }
-    for i, name in enumerate(class_names):
-        out[f"acc_{name}"] = float(ovr_acc[i])
-        out[f"sens_{name}"] = float(sens[i])
-        out[f"spec_{name}"] = float(spec[i])
-        out[f"auroc_{name}"] = float(auroc[i])
-    return out
-
 
 # ---------------------------------------------------------------------------------------------
 # Metrics on saved predictions (numpy / sklearn)
@@ -108,8 +67,9 @@ def _nanmean(x: np.ndarray, axis=-1) -> np.ndarray:
         return np.where(n > 0, np.nansum(x, axis=axis) / np.maximum(n, 1), np.nan)
 
 
-def _assemble(rates: dict[str, np.ndarray], auroc: np.ndarray, ece: np.ndarray,
-              class_names: list[str]) -> dict[str, np.ndarray]:
+def _assemble(
+    rates: dict[str, np.ndarray], auroc: np.ndarray, ece: np.ndarray, class_names: list[str]
+) -> dict[str, np.ndarray]:
     """Named metrics from per-class arrays (..., C); macro = mean over classes where defined."""
     out = {
         "acc": rates["overall_acc"],
@@ -181,8 +141,7 @@ def ranking_scores(probs: np.ndarray, scores=None) -> np.ndarray:
     return scores
 
 
-def classification_metrics(y, probs, class_names: list[str], n_bins: int = ECE_BINS,
-                           scores=None) -> dict[str, float]:
+def classification_metrics(y, probs, class_names: list[str], n_bins: int = ECE_BINS, scores=None) -> dict[str, float]:
     """Point estimates of every metric in :func:`metric_names` (sklearn confusion matrix and AUROC).
 
     AUROC is one-vs-rest (``roc_auc_score(y == c, scores[:, c])``, scores defaulting to probs); a
@@ -231,12 +190,19 @@ def patient_level(y, probs, patient_ids, cluster_ids=None, scores=None) -> dict[
         return summed / counts[:, None]
 
     mixed = sorted({p for p, n in zip(*np.unique(patients[first], return_counts=True)) if n > 1})
-    return {"y": y[first], "probs": mean_per_patient(probs), "scores": mean_per_patient(scores),
-            "patient_id": patients[first],
-            "cluster": clusters[first], "n_images": counts.astype(int), "mixed": mixed}
+    return {
+        "y": y[first],
+        "probs": mean_per_patient(probs),
+        "scores": mean_per_patient(scores),
+        "patient_id": patients[first],
+        "cluster": clusters[first],
+        "n_images": counts.astype(int),
+        "mixed": mixed,
+    }
 
 
 # --- bootstrap ---------------------------------------------------------------------------------
+
 
 def bootstrap_weights(cluster_ids, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
     """Cluster bootstrap as row weights: (n_boot, N) counts of how often each row is drawn.
@@ -277,8 +243,9 @@ def weighted_auroc(positive, scores, weights) -> np.ndarray:
         return np.where(denom > 0, wins / denom, np.nan)
 
 
-def weighted_metrics(y, probs, weights, class_names: list[str], n_bins: int = ECE_BINS,
-                     scores=None) -> dict[str, np.ndarray]:
+def weighted_metrics(
+    y, probs, weights, class_names: list[str], n_bins: int = ECE_BINS, scores=None
+) -> dict[str, np.ndarray]:
     """Every metric of :func:`classification_metrics` under row weights (B, N); returns (B,) arrays.
 
     With ``weights = np.ones((1, N))`` it equals :func:`classification_metrics` (tested).
@@ -302,8 +269,16 @@ def weighted_metrics(y, probs, weights, class_names: list[str], n_bins: int = EC
     return _assemble(_rates(conf), auroc, ece, class_names)
 
 
-def bootstrap_metrics(y, probs, cluster_ids, class_names: list[str], n_boot: int = 2000, seed: int = 0,
-                      n_bins: int = ECE_BINS, scores=None) -> dict[str, np.ndarray]:
+def bootstrap_metrics(
+    y,
+    probs,
+    cluster_ids,
+    class_names: list[str],
+    n_boot: int = 2000,
+    seed: int = 0,
+    n_bins: int = ECE_BINS,
+    scores=None,
+) -> dict[str, np.ndarray]:
     """Metric distributions (n_boot,) under a cluster (patient / group) bootstrap; see :func:`bootstrap_weights`."""
     weights = bootstrap_weights(cluster_ids, n_boot, seed)
     return weighted_metrics(y, probs, weights, class_names, n_bins, scores)
@@ -320,8 +295,17 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
-def confidence_intervals(y, probs, cluster_ids, class_names: list[str], n_boot: int = 2000, seed: int = 0,
-                         level: float = 0.95, n_bins: int = ECE_BINS, scores=None) -> dict[str, dict[str, float]]:
+def confidence_intervals(
+    y,
+    probs,
+    cluster_ids,
+    class_names: list[str],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    n_bins: int = ECE_BINS,
+    scores=None,
+) -> dict[str, dict[str, float]]:
     """Point estimate and cluster-bootstrap percentile interval for every metric.
 
     Returns ``{metric: {"value", "ci_low", "ci_high", "undefined"}}``; ``undefined`` counts
@@ -332,14 +316,25 @@ def confidence_intervals(y, probs, cluster_ids, class_names: list[str], n_boot: 
     out = {}
     for name, value in point.items():
         low, high = percentile_interval(samples[name], level)
-        out[name] = {"value": value, "ci_low": low, "ci_high": high,
-                     "undefined": int(np.isnan(samples[name]).sum())}
+        out[name] = {"value": value, "ci_low": low, "ci_high": high, "undefined": int(np.isnan(samples[name]).sum())}
     return out
 
 
 __all__ = [
-    "stage_metrics", "summarise", "ECE_BINS", "HEADLINE", "PER_CLASS", "metric_names",
-    "check_predictions", "ranking_scores", "calibration_bins", "expected_calibration_error", "classification_metrics",
-    "patient_level", "bootstrap_weights", "weighted_auroc", "weighted_metrics", "bootstrap_metrics",
-    "percentile_interval", "confidence_intervals",
+    "ECE_BINS",
+    "HEADLINE",
+    "PER_CLASS",
+    "metric_names",
+    "check_predictions",
+    "ranking_scores",
+    "calibration_bins",
+    "expected_calibration_error",
+    "classification_metrics",
+    "patient_level",
+    "bootstrap_weights",
+    "weighted_auroc",
+    "weighted_metrics",
+    "bootstrap_metrics",
+    "percentile_interval",
+    "confidence_intervals",
 ]

@@ -1,4 +1,5 @@
 """The test-prediction file of a run: one row per test image."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,9 @@ import pandas as pd
 from skintumor.data.manifest import Manifest
 
 
-def predictions_table(manifest: Manifest, rows: np.ndarray, probs: np.ndarray,
-                      scores: np.ndarray | None = None) -> pd.DataFrame:
+def predictions_table(
+    manifest: Manifest, rows: np.ndarray, probs: np.ndarray, scores: np.ndarray | None = None
+) -> pd.DataFrame:
     """Columns ``path, patient_id, group_id, label, p_<class>..., pred`` (+ ``score_<class>...``).
 
     ``p_`` are the probabilities the decision ``pred = argmax(p_)`` is made with; ``score_`` (when
@@ -27,8 +29,9 @@ def predictions_table(manifest: Manifest, rows: np.ndarray, probs: np.ndarray,
     return table
 
 
-def write_predictions(manifest: Manifest, rows: np.ndarray, probs: np.ndarray, path: str | Path,
-                      scores: np.ndarray | None = None) -> Path:
+def write_predictions(
+    manifest: Manifest, rows: np.ndarray, probs: np.ndarray, path: str | Path, scores: np.ndarray | None = None
+) -> Path:
     path = Path(path)
     predictions_table(manifest, rows, probs, scores).to_csv(path, index=False, float_format="%.6f")
     return path

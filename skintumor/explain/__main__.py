@@ -1,4 +1,5 @@
 """``python -m skintumor.explain RUN_DIR``: maps, overlays and statistics for a run's test fold (never trains)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from skintumor.data.manifest import DataError
+from skintumor.errors import DataError
 from skintumor.explain.cam import METHODS
 from skintumor.explain.faithfulness import PERCENTILES
 from skintumor.explain.run import ExplainSettings, explain_run
@@ -17,26 +18,48 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skintumor.explain", description=__doc__)
     parser.add_argument("run_dir", help="a training run directory (its tested checkpoint, manifest.csv, split.json)")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/explain)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated maps (default {','.join(METHODS)}; "
-                        "random is always added: it is every test's baseline)")
-    parser.add_argument("--target", choices=("pred", "true"), default="pred", help="explain the predicted or the true class")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated maps (default {','.join(METHODS)}; random is always added: it is every test's baseline)",
+    )
+    parser.add_argument(
+        "--target", choices=("pred", "true"), default="pred", help="explain the predicted or the true class"
+    )
     parser.add_argument("--target-layer", default="layer4", help="layer of the gradient CAMs (e.g. layer3)")
-    parser.add_argument("--tolerance", type=int, default=None, help="pointing-game tolerance in px (default 15 px at 224)")
+    parser.add_argument(
+        "--tolerance", type=int, default=None, help="pointing-game tolerance in px (default 15 px at 224)"
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="IoU threshold, share of the map's maximum")
-    parser.add_argument("--road-images", type=int, default=40, help="ROAD on N test images spread over the fold (0: off)")
-    parser.add_argument("--road-percentiles", default=",".join(map(str, PERCENTILES)),
-                        help="ROAD: keep these percentiles of pixels (removal share = 100 - p)")
+    parser.add_argument(
+        "--road-images", type=int, default=40, help="ROAD on N test images spread over the fold (0: off)"
+    )
+    parser.add_argument(
+        "--road-percentiles",
+        default=",".join(map(str, PERCENTILES)),
+        help="ROAD: keep these percentiles of pixels (removal share = 100 - p)",
+    )
     parser.add_argument("--gallery-method", default="gradcam", help="map shown in the per-class galleries")
-    parser.add_argument("--overlays", type=int, default=None, help="overlay PNGs for the first N test images (default all)")
+    parser.add_argument(
+        "--overlays", type=int, default=None, help="overlay PNGs for the first N test images (default all)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing explain folder's files")
     args = parser.parse_args(argv)
     settings = ExplainSettings(
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), target=args.target,
-        target_layer=args.target_layer, tolerance=args.tolerance, threshold=args.threshold,
-        road_images=args.road_images, road_percentiles=tuple(int(p) for p in args.road_percentiles.split(",") if p),
-        gallery_method=args.gallery_method, overlays=args.overlays, batch_size=args.batch_size, seed=args.seed)
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        target=args.target,
+        target_layer=args.target_layer,
+        tolerance=args.tolerance,
+        threshold=args.threshold,
+        road_images=args.road_images,
+        road_percentiles=tuple(int(p) for p in args.road_percentiles.split(",") if p),
+        gallery_method=args.gallery_method,
+        overlays=args.overlays,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
@@ -47,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]data error:[/] {escape(str(err))}", highlight=False)
         return 2
     out = args.out or f"{args.run_dir}/explain"
-    console.print(f"explained {result['n_test']} test images ({result['n_with_mask']} with a lesion mask) -> {escape(out)}",
-                  highlight=False)
+    console.print(
+        f"explained {result['n_test']} test images ({result['n_with_mask']} with a lesion mask) -> {escape(out)}",
+        highlight=False,
+    )
     return 0
 
 

@@ -24,6 +24,7 @@ without a finding are independent groups with bounded, skewed scores, so the tes
 (two-sided) with the rank-biserial r = 2 U / (n1 n2) - 1; it is run within each class too, because
 findings go with classes (a pooled test alone would measure the class, not the finding).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -34,8 +35,14 @@ from scipy import ndimage, stats
 
 BASELINES = ("random", "centre")
 METRICS = ("energy", "hit", "iou")
-FINDING_REGIONS = {"posterior_enhancement": "below", "posterior_shadowing": "below", "calcification": "inside",
-                   "internal_striations": "inside", "rim": "rim", "punctum": "above"}
+FINDING_REGIONS = {
+    "posterior_enhancement": "below",
+    "posterior_shadowing": "below",
+    "calcification": "inside",
+    "internal_striations": "inside",
+    "rim": "rim",
+    "punctum": "above",
+}
 
 
 # -- per-image metrics --------------------------------------------------------------------------
@@ -58,8 +65,8 @@ def pointing_hit(cam: np.ndarray, mask: np.ndarray, tolerance: int | None = None
         return float("nan")
     tolerance = default_tolerance(mask.shape[0]) if tolerance is None else tolerance
     if tolerance > 0:
-        yy, xx = np.mgrid[-tolerance:tolerance + 1, -tolerance:tolerance + 1]
-        mask = ndimage.binary_dilation(mask, structure=yy ** 2 + xx ** 2 <= tolerance ** 2)
+        yy, xx = np.mgrid[-tolerance : tolerance + 1, -tolerance : tolerance + 1]
+        mask = ndimage.binary_dilation(mask, structure=yy**2 + xx**2 <= tolerance**2)
     peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
     return float(mask[peak])
 
@@ -77,7 +84,9 @@ def centre_map(shape: tuple[int, int], sigma: float = 0.25) -> np.ndarray:
     """Centre-bias baseline: a Gaussian at the image centre, sigma = ``sigma`` x side, peak 1."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
-    return np.exp(-0.5 * (((yy - (h - 1) / 2) / (sigma * h)) ** 2 + ((xx - (w - 1) / 2) / (sigma * w)) ** 2)).astype(np.float32)
+    return np.exp(-0.5 * (((yy - (h - 1) / 2) / (sigma * h)) ** 2 + ((xx - (w - 1) / 2) / (sigma * w)) ** 2)).astype(
+        np.float32
+    )
 
 
 def finding_regions(mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -98,20 +107,26 @@ def finding_regions(mask: np.ndarray) -> dict[str, np.ndarray]:
     tallest = int(heights.max())
     for col in central:
         lesion_rows = np.flatnonzero(mask[:, col])
-        below[lesion_rows[-1] + 1:min(h, lesion_rows[-1] + 1 + tallest), col] = True
-        above[:lesion_rows[0], col] = True
+        below[lesion_rows[-1] + 1 : min(h, lesion_rows[-1] + 1 + tallest), col] = True
+        above[: lesion_rows[0], col] = True
     band = max(1, int(round(0.03 * max(h, w))))
     rim = ndimage.binary_dilation(mask, iterations=band) & ~ndimage.binary_erosion(mask, iterations=band)
     return {"inside": mask.astype(bool), "below": below & ~mask, "above": above & ~mask, "rim": rim}
 
 
-def image_metrics(cam: np.ndarray, mask: np.ndarray | None, tolerance: int | None = None,
-                  threshold: float = 0.5) -> dict[str, float]:
+def image_metrics(
+    cam: np.ndarray, mask: np.ndarray | None, tolerance: int | None = None, threshold: float = 0.5
+) -> dict[str, float]:
     """energy, hit, iou and the energy share in every finding region, for one map; NaN without a lesion."""
     if mask is None or not mask.any():
-        return {m: float("nan") for m in METRICS} | {f"energy_{r}": float("nan") for r in ("inside", "below", "above", "rim")}
-    out = {"energy": energy_share(cam, mask), "hit": pointing_hit(cam, mask, tolerance),
-           "iou": thresholded_iou(cam, mask, threshold)}
+        return {m: float("nan") for m in METRICS} | {
+            f"energy_{r}": float("nan") for r in ("inside", "below", "above", "rim")
+        }
+    out = {
+        "energy": energy_share(cam, mask),
+        "hit": pointing_hit(cam, mask, tolerance),
+        "iou": thresholded_iou(cam, mask, threshold),
+    }
     return out | {f"energy_{name}": energy_share(cam, region) for name, region in finding_regions(mask).items()}
 
 
@@ -133,9 +148,14 @@ def paired_test(method: np.ndarray, baseline: np.ndarray, binary: bool = False) 
     method, baseline = np.asarray(method, float), np.asarray(baseline, float)
     keep = ~(np.isnan(method) | np.isnan(baseline))
     a, b = method[keep], baseline[keep]
-    result = {"n": int(keep.sum()), "method_value": float(np.mean(a) if binary else np.median(a)) if len(a) else float("nan"),
-              "baseline_value": float(np.mean(b) if binary else np.median(b)) if len(b) else float("nan"),
-              "test": "mcnemar_exact" if binary else "wilcoxon", "r": float("nan"), "p": float("nan")}
+    result = {
+        "n": int(keep.sum()),
+        "method_value": float(np.mean(a) if binary else np.median(a)) if len(a) else float("nan"),
+        "baseline_value": float(np.mean(b) if binary else np.median(b)) if len(b) else float("nan"),
+        "test": "mcnemar_exact" if binary else "wilcoxon",
+        "r": float("nan"),
+        "p": float("nan"),
+    }
     diff = a - b
     if binary:
         wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
@@ -160,8 +180,14 @@ def unpaired_test(with_finding: np.ndarray, without: np.ndarray) -> dict:
     a = np.asarray(with_finding, float)
     b = np.asarray(without, float)
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-    result = {"n_with": len(a), "n_without": len(b), "median_with": float(np.median(a)) if len(a) else float("nan"),
-              "median_without": float(np.median(b)) if len(b) else float("nan"), "r": float("nan"), "p": float("nan")}
+    result = {
+        "n_with": len(a),
+        "n_without": len(b),
+        "median_with": float(np.median(a)) if len(a) else float("nan"),
+        "median_without": float(np.median(b)) if len(b) else float("nan"),
+        "r": float("nan"),
+        "p": float("nan"),
+    }
     if len(a) and len(b):
         test = stats.mannwhitneyu(a, b, alternative="two-sided")
         result["r"] = float(2 * test.statistic / (len(a) * len(b)) - 1)
@@ -179,8 +205,9 @@ def add_q_values(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def compare_to_baselines(per_image: pd.DataFrame, methods, baselines=BASELINES, metrics=METRICS,
-                         group: str = "label") -> pd.DataFrame:
+def compare_to_baselines(
+    per_image: pd.DataFrame, methods, baselines=BASELINES, metrics=METRICS, group: str = "label"
+) -> pd.DataFrame:
     """Every method against every baseline on every metric, for all images and per ``group`` value.
 
     ``per_image``: long table with columns ``image, method, <group>`` and the metric columns.
@@ -221,8 +248,27 @@ def findings_tests(per_image: pd.DataFrame, methods, findings=None, group: str =
                 if has.sum() < 3 or (~has).sum() < 3:
                     continue
                 test = unpaired_test(part.loc[has, column].to_numpy(), part.loc[~has, column].to_numpy())
-                rows.append({"finding": finding, "region": FINDING_REGIONS[finding], "subset": subset,
-                             "method": method, "test": "mannwhitneyu"} | test)
-    columns = ["finding", "region", "subset", "method", "test", "n_with", "n_without", "median_with",
-               "median_without", "r", "p"]
+                rows.append(
+                    {
+                        "finding": finding,
+                        "region": FINDING_REGIONS[finding],
+                        "subset": subset,
+                        "method": method,
+                        "test": "mannwhitneyu",
+                    }
+                    | test
+                )
+    columns = [
+        "finding",
+        "region",
+        "subset",
+        "method",
+        "test",
+        "n_with",
+        "n_without",
+        "median_with",
+        "median_without",
+        "r",
+        "p",
+    ]
     return add_q_values(pd.DataFrame(rows, columns=columns))

@@ -11,7 +11,7 @@ Methods (:data:`METHODS`):
     random                        sanity baseline: uniform noise drawn on the target layer's grid and
                                   upsampled, so it is as smooth as a CAM but knows nothing.
 
-Branch CAM (aggregation "ft"/"deep_sup"). The logit of class ``c`` is
+Branch CAM. The logit of class ``c`` is
 
     z_c = sum_k  W_fuse[c, k] . (H_k p_k + b_k) + b_fuse[c],      k in {gate2, gate3, layer4},
 
@@ -27,9 +27,9 @@ each branch contributes a map over its own grid (positions ij)
 whose sum over positions is exactly that branch's share of z_c (biases aside). The fused map spreads
 each M_k^c over the input pixels it covers (bilinear upsampling divided by the area ratio, so it keeps
 its sum), adds the three, keeps the positive part (evidence for c, as CAM and Grad-CAM do) and is
-min-max normalised. "concat" uses the column blocks of its single linear layer as w_k^c; the plain
-ResNet18 gives the classic CAM (Zhou et al. 2016) of ``fc`` on layer4.
+min-max normalised. The plain ResNet18 gives the classic CAM (Zhou et al. 2016) of ``fc`` on layer4.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -89,8 +89,9 @@ def normalise(maps: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
 
 
-def gradient_cam(model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "gradcam",
-                 target_layer: str = "layer4") -> np.ndarray:
+def gradient_cam(
+    model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "gradcam", target_layer: str = "layer4"
+) -> np.ndarray:
     """Grad-CAM / HiResCAM / Grad-CAM++ via pytorch-grad-cam: (B,1,H,W), B targets -> (B, H, W) in [0, 1].
 
     Runs with gradients on (outside any training or no-grad context); the logit of ``targets[i]``
@@ -109,12 +110,9 @@ def _branch_weights(net: AttentionGatedResNet18) -> dict[str, torch.Tensor]:
     C = net.num_classes
     if not net.attention:
         return {"layer4": net.fc.weight}
-    if net.aggregation == "concat":
-        w = net.fc.weight
-        return {"gate2": w[:, :128], "gate3": w[:, 128:384], "layer4": w[:, 384:]}
     fuse = net.fuse.weight  # (C, 3C)
     heads = {"gate2": net.head2, "gate3": net.head3, "layer4": net.head4}
-    return {name: fuse[:, k * C:(k + 1) * C] @ head.weight for k, (name, head) in enumerate(heads.items())}
+    return {name: fuse[:, k * C : (k + 1) * C] @ head.weight for k, (name, head) in enumerate(heads.items())}
 
 
 @torch.no_grad()
@@ -141,7 +139,10 @@ def branch_cam(model: nn.Module, x: torch.Tensor, targets: list[int]) -> np.ndar
     fused = torch.zeros(x.shape[0], *size)
     for raw in branch_contributions(model, x, targets).values():
         area_ratio = raw.shape[-2] * raw.shape[-1] / (size[0] * size[1])
-        fused += F.interpolate(raw[:, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[:, 0] * area_ratio
+        fused += (
+            F.interpolate(raw[:, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[:, 0]
+            * area_ratio
+        )
     return normalise(fused.clamp(min=0).numpy())
 
 
@@ -159,7 +160,7 @@ def decoder_map(model: nn.Module, x: torch.Tensor) -> np.ndarray | None:
     net = network(model).eval()
     if getattr(net, "lesion_decoder", None) is None:
         return None
-    logits = net.forward_details(x.float()).lesion_logits  # (B, 1, H/s, W/s)
+    logits = net.forward_details(x.float()).lesion_logits  # (B, 1, H/8, W/8)
     probs = torch.sigmoid(F.interpolate(logits.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False))
     return normalise(probs[:, 0].cpu().numpy())
 
@@ -186,8 +187,14 @@ def layer_grid(model: nn.Module, x: torch.Tensor, target_layer: str = "layer4") 
     return tuple(seen["shape"][-2:])
 
 
-def explain_batch(model: nn.Module, x: torch.Tensor, targets: list[int], methods=METHODS,
-                  target_layer: str = "layer4", rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+def explain_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: list[int],
+    methods=METHODS,
+    target_layer: str = "layer4",
+    rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
     """Every requested map for a batch: method -> (B, H, W) float32 in [0, 1].
 
     Methods the model cannot give (gates on a plain ResNet18, decoder without one) are left out.

@@ -16,6 +16,7 @@ The library thresholds a map at percentiles; CAMs have flat zero regions (after 
 would remove far more pixels than the percentile says, so maps are passed as tie-broken ranks (same
 order, every pixel distinct; ties broken at random, seeded).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,8 +41,9 @@ def tie_broken_ranks(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (ranks / max(1, flat.shape[1] - 1)).reshape(maps.shape).astype(np.float32)
 
 
-def road_scores(model: nn.Module, x: torch.Tensor, maps: np.ndarray, targets: list[int],
-                percentiles=PERCENTILES, seed: int = 0) -> dict[str, np.ndarray]:
+def road_scores(
+    model: nn.Module, x: torch.Tensor, maps: np.ndarray, targets: list[int], percentiles=PERCENTILES, seed: int = 0
+) -> dict[str, np.ndarray]:
     """ROAD of maps (B, H, W) for images x (B, 1, H, W) and target classes -> {"morf", "lerf", "road"}: (B,) each."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # the imputer's noise

@@ -3,6 +3,7 @@
 Maps are drawn as a translucent "jet" colour layer over the greyscale scan; the physician's lesion
 outline, when there is one, is a white contour on every panel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-TITLES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcam++": "Grad-CAM++", "branch_cam": "branch CAM",
-          "gate2": "gate 2 (layer2)", "gate3": "gate 3 (layer3)", "random": "random"}
+TITLES = {
+    "gradcam": "Grad-CAM",
+    "hirescam": "HiResCAM",
+    "gradcam++": "Grad-CAM++",
+    "branch_cam": "branch CAM",
+    "gate2": "gate 2 (layer2)",
+    "gate3": "gate 3 (layer3)",
+    "random": "random",
+}
 
 
 @dataclass
@@ -51,7 +59,13 @@ def overlay_figure(case: Case, path: str | Path, methods=None) -> Path:
     methods = [m for m in (methods or case.maps) if m in case.maps]
     fig, axes = plt.subplots(1, 1 + len(methods), figsize=(1.6 * (1 + len(methods)), 2.0), dpi=110)
     axes = np.atleast_1d(axes)
-    _panel(axes[0], case.image, None, case.mask, "image" + (" + lesion" if case.mask is not None and case.mask.any() else ""))
+    _panel(
+        axes[0],
+        case.image,
+        None,
+        case.mask,
+        "image" + (" + lesion" if case.mask is not None and case.mask.any() else ""),
+    )
     for ax, method in zip(axes[1:], methods):
         _panel(ax, case.image, case.maps[method], case.mask, TITLES.get(method, method))
     probs = ", ".join(f"{k} {v:.2f}" for k, v in case.probs.items())
@@ -63,8 +77,10 @@ def overlay_figure(case: Case, path: str | Path, methods=None) -> Path:
 
 def gallery_figure(cases: list[Case], cls: str, path: str | Path, method: str = "gradcam", per_row: int = 6) -> Path:
     """Images of true class ``cls``: top row correct, bottom row wrong (up to ``per_row`` each), ``method``'s map."""
-    rows = {"correct": [c for c in cases if c.label == cls and c.correct][:per_row],
-            "wrong": [c for c in cases if c.label == cls and not c.correct][:per_row]}
+    rows = {
+        "correct": [c for c in cases if c.label == cls and c.correct][:per_row],
+        "wrong": [c for c in cases if c.label == cls and not c.correct][:per_row],
+    }
     fig, axes = plt.subplots(2, per_row, figsize=(1.5 * per_row, 3.5), dpi=110, squeeze=False)
     for r, (kind, chosen) in enumerate(rows.items()):
         for col in range(per_row):
@@ -75,8 +91,13 @@ def gallery_figure(cases: list[Case], cls: str, path: str | Path, method: str = 
                     ax.text(0.5, 0.5, f"no {kind} cases", ha="center", va="center", fontsize=7, transform=ax.transAxes)
                 continue
             case = chosen[col]
-            _panel(ax, case.image, case.maps.get(method), case.mask,
-                   f"{kind}: {case.pred} {case.probs.get(case.pred, float('nan')):.2f}")
+            _panel(
+                ax,
+                case.image,
+                case.maps.get(method),
+                case.mask,
+                f"{kind}: {case.pred} {case.probs.get(case.pred, float('nan')):.2f}",
+            )
     fig.suptitle(f"true class {cls}: {TITLES.get(method, method)} (top: correct, bottom: wrong)", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     return _save(fig, path)

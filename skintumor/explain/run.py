@@ -14,6 +14,7 @@ and writes into ``run_dir/explain/``:
 
 It never trains and never reads the training or validation images.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from skintumor.data.manifest import DataError
+from skintumor.errors import DataError
 from skintumor.evaluate.finished_run import FinishedRun
 from skintumor.explain import agreement as agr
 from skintumor.explain.cam import METHODS, explain_batch
@@ -38,7 +39,8 @@ class ExplainSettings:
     """methods: maps to compute (:data:`METHODS`); target: explain the "pred"icted or the "true" class;
     target_layer: layer of the gradient CAMs; tolerance: pointing-game px (None: 15 px at 224);
     threshold: IoU threshold as a share of the map's maximum; road_images: ROAD on N test images
-    spread evenly over the fold (0: none; ROAD costs a sparse solve per image, map and removal share); gallery_method: map shown in galleries."""
+    spread evenly over the fold (0: none; ROAD costs a sparse solve per image, map and removal share);
+    gallery_method: map shown in galleries."""
 
     methods: tuple[str, ...] = METHODS
     target: str = "pred"
@@ -53,9 +55,15 @@ class ExplainSettings:
     seed: int = 0
 
 
-def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings: ExplainSettings | None = None,
-                overwrite: bool = False, progress: bool = True) -> dict:
-    """Explain ``run_dir``'s test fold into ``out_dir`` (default ``run_dir/explain``); returns agreement.json's content."""
+def explain_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    settings: ExplainSettings | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Explain ``run_dir``'s test fold into ``out_dir`` (default ``run_dir/explain``);
+    returns agreement.json's content."""
     settings = settings or ExplainSettings()
     if settings.target not in ("pred", "true"):
         raise ValueError(f"target must be 'pred' or 'true', got {settings.target!r}")
@@ -67,10 +75,6 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
     if not run.rows["test"]:
         raise DataError(f"{run_dir / 'split.json'}: the test fold is empty")
     classifier, test_rows = run.classifier, run.rows["test"]
-    if classifier.model.lesion_zoom:
-        # the trunk runs twice per image (whole image, then the zoomed crop): a layer's CAM would mix the two views
-        raise DataError(f"{run_dir}: its network also looks at a zoomed crop (net.lesion_zoom="
-                        f"{classifier.model.lesion_zoom}); explanations support one view per image only")
     hp = classifier.hparams
     classes = list(hp.classes)
     test = run.manifest.subset(test_rows)
@@ -83,10 +87,18 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
 
     records, cases = [], []
     # ROAD on images spread evenly over the test fold (it is sorted by class), not its first rows
-    road_set = set(np.unique(np.linspace(0, len(test) - 1, min(settings.road_images, len(test))).round().astype(int))
-                   if settings.road_images > 0 else [])
+    road_set = set(
+        np.unique(np.linspace(0, len(test) - 1, min(settings.road_images, len(test))).round().astype(int))
+        if settings.road_images > 0
+        else []
+    )
     out.mkdir(parents=True, exist_ok=True)
-    columns = [TextColumn("[bold]explain[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [
+        TextColumn("[bold]explain[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("test images", total=len(test))
         for start in range(0, len(test), settings.batch_size):
@@ -104,26 +116,52 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
             if chosen:
                 bar.update(task, description="test images (ROAD)")
                 for method in [m for m in maps if m != "centre"]:
-                    scores = road_scores(classifier, x[chosen], maps[method][chosen], [targets[j] for j in chosen],
-                                         settings.road_percentiles, seed=settings.seed + start)
+                    scores = road_scores(
+                        classifier,
+                        x[chosen],
+                        maps[method][chosen],
+                        [targets[j] for j in chosen],
+                        settings.road_percentiles,
+                        seed=settings.seed + start,
+                    )
                     road[method] = {j: {k: float(v[n]) for k, v in scores.items()} for n, j in enumerate(chosen)}
             for j, i in enumerate(idx):
                 row = test.table.iloc[i]
-                base = {"image": i, "row": test_rows[i], "path": row["path"], "label": row["label"],
-                        "pred": classes[int(probs[j].argmax())], "target": classes[targets[j]],
-                        "has_mask": masks[i] is not None and bool(masks[i].any())}
+                base = {
+                    "image": i,
+                    "row": test_rows[i],
+                    "path": row["path"],
+                    "label": row["label"],
+                    "pred": classes[int(probs[j].argmax())],
+                    "target": classes[targets[j]],
+                    "has_mask": masks[i] is not None and bool(masks[i].any()),
+                }
                 base |= {f"p_{c}": float(probs[j, k]) for k, c in enumerate(classes)}
                 base |= {f: row[f] for f in agr.FINDING_REGIONS if f in test.table.columns}
                 for method, m in maps.items():
-                    rec = base | {"method": method} | agr.image_metrics(m[j], masks[i], settings.tolerance, settings.threshold)
+                    rec = (
+                        base
+                        | {"method": method}
+                        | agr.image_metrics(m[j], masks[i], settings.tolerance, settings.threshold)
+                    )
                     rec |= road.get(method, {}).get(j, {})
                     records.append(rec)
-                case = Case(Path(row["path"]).stem, images[i], {m: maps[m][j] for m in methods if m in maps},
-                            masks[i], row["label"], base["pred"], {c: base[f"p_{c}"] for c in classes})
+                case = Case(
+                    Path(row["path"]).stem,
+                    images[i],
+                    {m: maps[m][j] for m in methods if m in maps},
+                    masks[i],
+                    row["label"],
+                    base["pred"],
+                    {c: base[f"p_{c}"] for c in classes},
+                )
                 cases.append(case)
                 if settings.overlays is None or i < settings.overlays:
-                    overlay_figure(case, out / "overlays" / f"{i:04d}_{_safe(case.name)}.png",
-                                   [m for m in methods if m != "random"])
+                    overlay_figure(
+                        case,
+                        out / "overlays" / f"{i:04d}_{_safe(case.name)}.png",
+                        [m for m in methods if m != "random"],
+                    )
             bar.update(task, advance=len(idx), description="test images")
 
     per_image = pd.DataFrame(records)
@@ -141,15 +179,32 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, settings
     findings = agr.findings_tests(per_image[per_image["has_mask"]], shown)
     metrics_file = run_dir / "metrics_test.json"
     result = {
-        "run_dir": str(run_dir), "checkpoint": f"checkpoints/{run.checkpoint}", "image_size": int(hp.image_size),
-        "classes": classes, "n_test": len(test), "n_with_mask": int(sum(m is not None and m.any() for m in masks)),
-        "settings": {"methods": list(methods), "target": settings.target, "target_layer": settings.target_layer,
-                     "tolerance_px": settings.tolerance if settings.tolerance is not None else agr.default_tolerance(int(hp.image_size)),
-                     "iou_threshold": settings.threshold, "centre_sigma": 0.25, "road_images": len(road_set),
-                     "road_percentiles": list(settings.road_percentiles), "seed": settings.seed},
-        "accuracy": float((per_image.drop_duplicates("image")["pred"] == per_image.drop_duplicates("image")["label"]).mean()),
+        "run_dir": str(run_dir),
+        "checkpoint": f"checkpoints/{run.checkpoint}",
+        "image_size": int(hp.image_size),
+        "classes": classes,
+        "n_test": len(test),
+        "n_with_mask": int(sum(m is not None and m.any() for m in masks)),
+        "settings": {
+            "methods": list(methods),
+            "target": settings.target,
+            "target_layer": settings.target_layer,
+            "tolerance_px": settings.tolerance
+            if settings.tolerance is not None
+            else agr.default_tolerance(int(hp.image_size)),
+            "iou_threshold": settings.threshold,
+            "centre_sigma": 0.25,
+            "road_images": len(road_set),
+            "road_percentiles": list(settings.road_percentiles),
+            "seed": settings.seed,
+        },
+        "accuracy": float(
+            (per_image.drop_duplicates("image")["pred"] == per_image.drop_duplicates("image")["label"]).mean()
+        ),
         "test_metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
-        "agreement": _records(tests), "faithfulness": _records(faith), "findings": _records(findings),
+        "agreement": _records(tests),
+        "faithfulness": _records(faith),
+        "findings": _records(findings),
     }
     result["test_metrics"] = {k: v for k, v in result["test_metrics"].items() if isinstance(v, (int, float))}
     (out / "agreement.json").write_text(json.dumps(result, indent=2, allow_nan=True))
@@ -187,52 +242,77 @@ def _v(v: float, digits: int = 3) -> str:
 def markdown_report(result: dict) -> str:
     """agreement.md: settings, agreement with lesions vs baselines, faithfulness, findings."""
     s = result["settings"]
-    lines = [f"# Explanations of {result['run_dir']}", "",
-             f"Test fold: {result['n_test']} images ({result['n_with_mask']} with a lesion mask), "
-             f"{result['image_size']} px, accuracy {result['accuracy']:.3f}. Maps explain the "
-             f"{'predicted' if s['target'] == 'pred' else 'true'} class; gradient CAMs on `{s['target_layer']}`. "
-             f"Pointing-game tolerance {s['tolerance_px']} px; IoU threshold {s['iou_threshold']} x the map's maximum; "
-             f"centre baseline: Gaussian, sigma {s['centre_sigma']} x side.", "",
-             "energy: share of the map inside the lesion (median); hit: share of images whose map peak is in the "
-             "lesion; iou: thresholded map vs lesion (median). r: rank-biserial effect size (> 0: the map beats the "
-             "baseline; 1: on every image). p: two-sided (Wilcoxon signed-rank; hit: exact McNemar); "
-             "q: Benjamini-Hochberg over the table.", ""]
+    lines = [
+        f"# Explanations of {result['run_dir']}",
+        "",
+        f"Test fold: {result['n_test']} images ({result['n_with_mask']} with a lesion mask), "
+        f"{result['image_size']} px, accuracy {result['accuracy']:.3f}. Maps explain the "
+        f"{'predicted' if s['target'] == 'pred' else 'true'} class; gradient CAMs on `{s['target_layer']}`. "
+        f"Pointing-game tolerance {s['tolerance_px']} px; IoU threshold {s['iou_threshold']} x the map's maximum; "
+        f"centre baseline: Gaussian, sigma {s['centre_sigma']} x side.",
+        "",
+        "energy: share of the map inside the lesion (median); hit: share of images whose map peak is in the "
+        "lesion; iou: thresholded map vs lesion (median). r: rank-biserial effect size (> 0: the map beats the "
+        "baseline; 1: on every image). p: two-sided (Wilcoxon signed-rank; hit: exact McNemar); "
+        "q: Benjamini-Hochberg over the table.",
+        "",
+    ]
     tests = pd.DataFrame(result["agreement"])
     if len(tests):
         for subset, frame in tests.groupby("subset", sort=False):
-            lines += [f"## Agreement with the lesion: {subset} (n = {int(frame['n'].max())})", "",
-                      "| map | metric | n | map value | random | r vs random | p | centre | r vs centre | p |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                f"## Agreement with the lesion: {subset} (n = {int(frame['n'].max())})",
+                "",
+                "| map | metric | n | map value | random | r vs random | p | centre | r vs centre | p |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for (method, metric), pair in frame.groupby(["method", "metric"], sort=False):
                 rnd = pair[pair["baseline"] == "random"].iloc[0]
                 ctr = pair[pair["baseline"] == "centre"].iloc[0]
-                lines.append(f"| {method} | {metric} | {int(rnd['n'])} | {_v(rnd['method_value'])} | {_v(rnd['baseline_value'])} | {_v(rnd['r'], 2)} | "
-                             f"{_p(rnd['p'])} | {_v(ctr['baseline_value'])} | {_v(ctr['r'], 2)} | {_p(ctr['p'])} |")
+                lines.append(
+                    f"| {method} | {metric} | {int(rnd['n'])} | {_v(rnd['method_value'])} | "
+                    f"{_v(rnd['baseline_value'])} | {_v(rnd['r'], 2)} | {_p(rnd['p'])} | "
+                    f"{_v(ctr['baseline_value'])} | {_v(ctr['r'], 2)} | {_p(ctr['p'])} |"
+                )
             lines.append("")
     faith = pd.DataFrame(result["faithfulness"])
     if len(faith):
-        lines += [f"## Faithfulness (ROAD, {s['road_images']} test images spread over the fold, removal shares "
-                  f"{', '.join(str(100 - p) for p in s['road_percentiles'])} %)", "",
-                  "road = (LeRF - MoRF) / 2 of the target probability: higher means removing what the map marks "
-                  "hurts the prediction more than removing what it leaves out. Medians; r, p: vs the random map.", "",
-                  "| subset | map | n | road | random road | r | p | MoRF | LeRF |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Faithfulness (ROAD, {s['road_images']} test images spread over the fold, removal shares "
+            f"{', '.join(str(100 - p) for p in s['road_percentiles'])} %)",
+            "",
+            "road = (LeRF - MoRF) / 2 of the target probability: higher means removing what the map marks "
+            "hurts the prediction more than removing what it leaves out. Medians; r, p: vs the random map.",
+            "",
+            "| subset | map | n | road | random road | r | p | MoRF | LeRF |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for (subset, method), frame in faith.groupby(["subset", "method"], sort=False):
             road = frame[frame["metric"] == "road"].iloc[0]
             morf = frame[frame["metric"] == "morf"].iloc[0]
             lerf = frame[frame["metric"] == "lerf"].iloc[0]
-            lines.append(f"| {subset} | {method} | {int(road['n'])} | {_v(road['method_value'])} | {_v(road['baseline_value'])} | "
-                         f"{_v(road['r'], 2)} | {_p(road['p'])} | {_v(morf['method_value'])} | {_v(lerf['method_value'])} |")
+            lines.append(
+                f"| {subset} | {method} | {int(road['n'])} | {_v(road['method_value'])} | "
+                f"{_v(road['baseline_value'])} | {_v(road['r'], 2)} | {_p(road['p'])} | "
+                f"{_v(morf['method_value'])} | {_v(lerf['method_value'])} |"
+            )
         lines.append("")
     findings = pd.DataFrame(result["findings"])
     if len(findings):
-        lines += ["## Findings: map energy in the finding's region, images with vs without it", "",
-                  "Mann-Whitney U, two-sided; r = 2U/(n1 n2) - 1 (> 0: more energy there when the physician "
-                  "reports the finding).", "",
-                  "| finding | region | subset | map | n with / without | median with | median without | r | p | q |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Findings: map energy in the finding's region, images with vs without it",
+            "",
+            "Mann-Whitney U, two-sided; r = 2U/(n1 n2) - 1 (> 0: more energy there when the physician "
+            "reports the finding).",
+            "",
+            "| finding | region | subset | map | n with / without | median with | median without | r | p | q |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for _, t in findings.iterrows():
-            lines.append(f"| {t['finding']} | {t['region']} | {t['subset']} | {t['method']} | {t['n_with']} / "
-                         f"{t['n_without']} | {_v(t['median_with'])} | {_v(t['median_without'])} | {_v(t['r'], 2)} | "
-                         f"{_p(t['p'])} | {_p(t['q'])} |")
+            lines.append(
+                f"| {t['finding']} | {t['region']} | {t['subset']} | {t['method']} | {t['n_with']} / "
+                f"{t['n_without']} | {_v(t['median_with'])} | {_v(t['median_without'])} | {_v(t['r'], 2)} | "
+                f"{_p(t['p'])} | {_p(t['q'])} |"
+            )
         lines.append("")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ moves along its grid line until no move helps (coordinate ascent on the same gri
     offsets = balanced_offsets(y_val, p_val)     # (C,), offsets[0] = 0
     p_test = shift_probabilities(p_test, offsets)
 """
+
 from __future__ import annotations
 
 import itertools
@@ -71,8 +72,7 @@ def balanced_offsets(y: np.ndarray, probs: np.ndarray, step: float = 0.1, limit:
     return best
 
 
-def cross_fitted(y: np.ndarray, probs: np.ndarray, step: float = 0.1, limit: float = 1.5,
-                 seed: int = 0) -> np.ndarray:
+def cross_fitted(y: np.ndarray, probs: np.ndarray, step: float = 0.1, limit: float = 1.5, seed: int = 0) -> np.ndarray:
     """Validation probabilities shifted by offsets chosen on the *other* half of the split.
 
     Scoring offsets on the images that chose them flatters them; halving the split (stratified by

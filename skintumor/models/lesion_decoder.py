@@ -4,6 +4,7 @@ With random init and a few hundred images, a class label is little signal per im
 outline is a label per pixel. Training the trunk to outline the lesion too gives it dense
 supervision; the classifier heads are unchanged and the decoder is not used for the decision.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,32 +13,24 @@ from torch import nn
 
 
 class LesionDecoder(nn.Module):
-    """FPN-style: 1x1 laterals to ``width`` channels, upsample-and-add from layer4 down to layer2
-    (or layer1), a 3x3 conv, then one logit per cell.
+    """FPN-style: 1x1 laterals to ``width`` channels, upsample-and-add from layer4 down to layer2,
+    a 3x3 conv, then one logit per cell.
 
-    Shapes: f2 (B,128,H/8,W/8), f3 (B,256,H/16,W/16), f4 (B,512,H/32,W/32) -> logits (B,1+K,H/8,W/8);
-    with ``fine_channels`` (layer1's 64) also f1 (B,64,H/4,W/4) -> logits (B,1+K,H/4,W/4). Channel 0
-    is the lesion logit; ``num_classes`` = K > 0 adds K class logits per cell (what the lesion there is).
+    Shapes: f2 (B,128,H/8,W/8), f3 (B,256,H/16,W/16), f4 (B,512,H/32,W/32) -> logits (B,1,H/8,W/8).
     """
 
-    def __init__(self, in_channels: tuple[int, int, int] = (128, 256, 512), width: int = 64,
-                 fine_channels: int | None = None, num_classes: int = 0):
+    def __init__(self, in_channels: tuple[int, int, int] = (128, 256, 512), width: int = 64):
         super().__init__()
         self.lateral2, self.lateral3, self.lateral4 = (nn.Conv2d(c, width, kernel_size=1) for c in in_channels)
-        # a finer outline (4 x 4 px cells at 128 px) reaches layer1 and the lesion's margin
-        self.lateral1 = nn.Conv2d(fine_channels, width, kernel_size=1) if fine_channels else None
         self.smooth = nn.Sequential(
             nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
-        self.classifier = nn.Conv2d(width, 1 + num_classes, kernel_size=1)
+        self.classifier = nn.Conv2d(width, 1, kernel_size=1)
 
-    def forward(self, f2: torch.Tensor, f3: torch.Tensor, f4: torch.Tensor,
-                f1: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, f2: torch.Tensor, f3: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
         p = self.lateral4(f4)
         p = self.lateral3(f3) + F.interpolate(p, size=f3.shape[-2:], mode="nearest")
         p = self.lateral2(f2) + F.interpolate(p, size=f2.shape[-2:], mode="nearest")
-        if self.lateral1 is not None:
-            p = self.lateral1(f1) + F.interpolate(p, size=f1.shape[-2:], mode="nearest")
         return self.classifier(self.smooth(p))

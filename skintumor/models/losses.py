@@ -1,4 +1,6 @@
-"""Focal loss (Lin et al. 2017), multi-class, with per-class alpha; the gates' lesion-mask loss; the lesion decoder's losses."""
+"""The training losses: focal loss (Lin et al. 2017) with per-class alpha for the class; the gates'
+lesion-mask loss and the lesion decoder's loss for the masks, where the data has them."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,28 +58,19 @@ def cell_targets(mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tenso
     return known, F.adaptive_avg_pool2d(mask.float().clamp(min=0), size).flatten(1)
 
 
-def gate_mask_loss(alpha: torch.Tensor, mask: torch.Tensor, normalization: str = "sigmoid",
-                   empty_is_background: bool = False) -> torch.Tensor:
+def gate_mask_loss(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """How far a gate map is from the lesion mask, over the images whose mask shows a lesion.
 
-    Shapes: alpha (B, 1, h, w) gate values; mask (B, 1, H, W) with 1 lesion / 0 background, or -1
-    everywhere where no mask is known -> scalar. The target is the lesion's share of each gate cell
-    (area pooling to h x w). Sigmoid gates: binary cross-entropy per cell. Softmax gates (a
-    distribution): cross-entropy against the mask as a distribution. Images with no mask are left
-    out; so are images with an empty mask (nothing to point at), unless ``empty_is_background``
-    (sigmoid gates only): then an empty mask says "no lesion here" and the gate learns to stay off
-    everywhere. No image left at all gives 0.
+    Shapes: alpha (B, 1, h, w) sigmoid gate values; mask (B, 1, H, W) with 1 lesion / 0 background,
+    or -1 everywhere where no mask is known -> scalar. The target is the lesion's share of each gate
+    cell (area pooling to h x w); the loss is binary cross-entropy per cell. Images with no mask, or
+    an empty one (nothing to point at), are left out; no image left at all gives 0.
     """
-    if empty_is_background and normalization == "softmax":
-        raise ValueError("empty masks as background need sigmoid gates: a softmax gate always sums to 1")
     known, target = cell_targets(mask, alpha.shape[-2:])
-    use = known if empty_is_background else known & (target.sum(dim=1) > 0)
+    use = known & (target.sum(dim=1) > 0)
     if not use.any():
         return alpha.sum() * 0.0  # keeps the graph (and DDP) happy
     a, t = alpha[use].float().flatten(1), target[use]
-    if normalization == "softmax":
-        t = t / t.sum(dim=1, keepdim=True)
-        return -(t * a.clamp(min=1e-8).log()).sum(dim=1).mean()
     a = a.clamp(1e-6, 1 - 1e-6)  # written out: F.binary_cross_entropy refuses CUDA autocast
     return -(t * a.log() + (1 - t) * (1 - a).log()).mean()
 
@@ -102,20 +95,3 @@ def lesion_mask_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         dice = (2 * (p * t).sum(dim=1) + 1) / (p.sum(dim=1) + t.sum(dim=1) + 1)
         loss = loss + (1 - dice).mean()
     return loss
-
-
-def lesion_class_loss(class_logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the decoder's class logits in the cells that are mostly lesion, against the
-    image's label: the lesion's own tissue, not only the image as a whole, must tell its class.
-
-    Shapes: class_logits (B, C, h, w); mask (B, 1, H, W) as for :func:`lesion_mask_loss`; labels (B,)
-    -> scalar, the mean over lesion cells (a cell counts when the lesion covers at least half of it).
-    Images without a known mask or without a lesion add nothing; none at all gives 0.
-    """
-    known, target = cell_targets(mask, class_logits.shape[-2:])
-    cells = known[:, None] & (target >= 0.5)  # (B, h*w)
-    if not cells.any():
-        return class_logits.sum() * 0.0  # keeps the graph (and DDP) happy
-    z = class_logits.float().flatten(2).transpose(1, 2)  # (B, h*w, C)
-    y = labels[:, None].expand(-1, z.shape[1])
-    return F.cross_entropy(z[cells], y[cells])

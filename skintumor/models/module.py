@@ -3,26 +3,23 @@
 Everything it is built from is plain data (dicts, lists, numbers), saved as hyper-parameters, so a
 checkpoint rebuilds the model without unpickling arbitrary objects (:func:`load_classifier`).
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from skintumor.augment.mixing import mix_batch
 from skintumor.errors import ConfigError, DataError
-from skintumor.evaluate.metrics import stage_metrics, summarise
-from skintumor.models.attention_resnet import AttentionGatedResNet18
+from skintumor.models.attention_resnet import AttentionGatedResNet18, ModelOutput
 from skintumor.models.decision import balanced_offsets
-from skintumor.models.losses import (FocalLoss, gate_mask_loss, inverse_frequency_alpha, lesion_class_loss,
-                                     lesion_mask_loss)
+from skintumor.models.losses import FocalLoss, gate_mask_loss, inverse_frequency_alpha, lesion_mask_loss
+from skintumor.models.metrics import stage_metrics, summarise
 
 STAGES = ("train", "val", "test")
 TTA = (None, "hflip")
@@ -31,113 +28,93 @@ DECISIONS = ("argmax", "balanced")
 
 class SkinTumorClassifier(L.LightningModule):
     """Args (all plain data):
-        classes: class names, logit order. image_size, mean, std: the input contract, kept for predict.
-        net: keyword arguments of :class:`AttentionGatedResNet18` (num_classes is set from classes).
-        loss: ``gamma``, ``alpha`` ("auto" = inverse class frequency of ``class_counts``, null, or a
-            list), ``label_smoothing``, ``aux_weight`` (deep supervision), ``mask_weight`` (> 0: the
-            gates also learn the lesion masks of the training images that have one, see
-            :func:`~skintumor.models.losses.gate_mask_loss`), ``empty_mask`` (``skip``: an empty mask
-            adds nothing; ``background``: it means "no lesion" and the sigmoid gates learn to stay off),
-            ``lesion_weight`` (weight of the lesion decoder's loss,
-            :func:`~skintumor.models.losses.lesion_mask_loss`; needs ``net.lesion_decoder``),
-            ``lesion_class_weight`` (weight of the decoder's per-cell class loss,
-            :func:`~skintumor.models.losses.lesion_class_loss`; needs ``net.lesion_decoder_classes``).
-        optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``momentum`` (sgd).
-        scheduler: ``name`` (step | cosine | onecycle | none), ``step_size``, ``gamma`` (step),
-            ``warmup_epochs`` (cosine), ``min_lr`` (cosine).
-        class_counts: training images per class, for alpha "auto".
-        channels_last: NHWC memory format (faster on CPU with oneDNN and on tensor-core GPUs).
-        ema_decay: None, or the decay of an exponential moving average of the weights (e.g. 0.999),
-            updated after every training batch (one optimiser step). Validation and test evaluate
-            the averaged model directly (``self.ema.module``); no weights are swapped, so training
-            never sees them. The checkpoint holds both (``model.*`` raw, ``ema.module.*``
-            averaged), so best.ckpt holds the EMA weights that were validated, and
-            :func:`load_classifier` returns them. BatchNorm statistics are averaged too.
-        tta: None, or "hflip": at validation and test, probabilities are the mean of the softmax of
-            the image and of its horizontal (left-right) mirror. The loss uses the image alone.
-        decision: "argmax", or "balanced": after training, class offsets on the log-probabilities
-            are chosen on the inner validation split to maximise its balanced accuracy
-            (:meth:`choose_decision_offsets`, :mod:`skintumor.models.decision`). They live in the
-            ``decision_offsets`` buffer (zeros = plain argmax), so the checkpoint carries them and
-            every later prediction (test, :meth:`predict_proba`, ``skintumor.explain``) uses them.
-            They move the decision, not the ranking: test AUROC is computed on the probabilities
-            before the offsets (:meth:`score_proba`), which the test-prediction file keeps as
-            ``score_<class>`` columns beside the decided ``p_<class>``.
-        mixing: ``mixup_alpha``, ``cutmix_alpha`` (0 = off): training batches are mixed
-            (:func:`~skintumor.augment.mixing.mix_batch`, lesion masks mixed alike) and the loss is
-            the mix of the two labels' losses. Validation and test see plain images.
+    classes: class names, logit order. image_size, mean, std: the input contract, kept for predict.
+    net: keyword arguments of :class:`AttentionGatedResNet18` (num_classes is set from classes).
+    loss: ``gamma``, ``alpha`` ("auto" = inverse class frequency of ``class_counts``, null, or a
+        list), ``label_smoothing`` (the focal loss on the class), ``mask_weight`` (> 0: the gates
+        also learn the lesion masks of the training images that have one,
+        :func:`~skintumor.models.losses.gate_mask_loss`), ``lesion_weight`` (the lesion decoder's
+        loss, :func:`~skintumor.models.losses.lesion_mask_loss`; needs ``net.lesion_decoder``).
+    optimizer: ``name`` (adam | adamw), ``lr``, ``weight_decay``.
+    scheduler: ``name`` (step | cosine | none), ``step_size``, ``gamma`` (step),
+        ``warmup_epochs`` (cosine), ``min_lr`` (cosine).
+    class_counts: training images per class, for alpha "auto".
+    channels_last: NHWC memory format (faster on CPU with oneDNN and on tensor-core GPUs).
+    tta: None, or "hflip": at validation and test, probabilities are the mean of the softmax of
+        the image and of its horizontal (left-right) mirror. The loss uses the image alone.
+    decision: "argmax", or "balanced": after training, class offsets on the log-probabilities
+        are chosen on the inner validation split to maximise its balanced accuracy
+        (:meth:`choose_decision_offsets`, :mod:`skintumor.models.decision`). They live in the
+        ``decision_offsets`` buffer (zeros = plain argmax), so the checkpoint carries them and
+        every later prediction (test, :meth:`predict_proba`, ``skintumor.explain``) uses them.
+        They move the decision, not the ranking: test AUROC is computed on the probabilities
+        before the offsets (:meth:`score_proba`), which the test-prediction file keeps as
+        ``score_<class>`` columns beside the decided ``p_<class>``.
     """
 
-    def __init__(self, classes: list[str], net: dict | None = None, loss: dict | None = None,
-                 optimizer: dict | None = None, scheduler: dict | None = None,
-                 class_counts: list[int] | None = None, image_size: int = 224,
-                 mean: float = 0.449, std: float = 0.226, channels_last: bool = True,
-                 ema_decay: float | None = None, tta: str | None = None, decision: str = "argmax",
-                 mixing: dict | None = None):
+    def __init__(
+        self,
+        classes: list[str],
+        net: dict | None = None,
+        loss: dict | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        class_counts: list[int] | None = None,
+        image_size: int = 224,
+        mean: float = 0.449,
+        std: float = 0.226,
+        channels_last: bool = True,
+        tta: str | None = None,
+        decision: str = "argmax",
+    ):
         super().__init__()
         if decision not in DECISIONS:
             raise ConfigError(f"model.decision must be one of {DECISIONS}, got {decision!r}")
         if tta not in TTA:
             raise ConfigError(f"model.tta must be one of {TTA}, got {tta!r}")
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ConfigError(f"model.ema_decay must be null or in (0, 1), got {ema_decay!r}")
-        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, aux_weight=0.4, mask_weight=0.0,
-                    empty_mask="skip", lesion_weight=1.0, lesion_class_weight=1.0) | dict(loss or {})
+        loss = dict(gamma=2.0, alpha="auto", label_smoothing=0.0, mask_weight=0.0, lesion_weight=1.0) | dict(loss or {})
+        for key in ("mask_weight", "lesion_weight"):
+            if float(loss[key]) < 0:
+                raise ConfigError(f"loss.{key} must be >= 0, got {loss[key]}")
         if loss["alpha"] == "auto":
             if class_counts is None:
                 raise ValueError("loss.alpha='auto' needs the training fold's class_counts")
             loss["alpha"] = inverse_frequency_alpha(class_counts)
         net = dict(net or {}) | {"num_classes": len(classes)}
-        mixing = dict(mixup_alpha=0.0, cutmix_alpha=0.0) | dict(mixing or {})
-        if set(mixing) != {"mixup_alpha", "cutmix_alpha"} or min(mixing.values()) < 0:
-            raise ConfigError(f"model.mixing takes mixup_alpha and cutmix_alpha (>= 0, 0 = off), got {mixing}")
-        self.save_hyperparameters(dict(classes=list(classes), net=net, loss=loss,
-                                       optimizer=dict(name="adam", lr=1e-4, weight_decay=0.0) | dict(optimizer or {}),
-                                       scheduler=dict(name="step", step_size=7, gamma=0.1) | dict(scheduler or {}),
-                                       class_counts=class_counts, image_size=image_size, mean=mean, std=std,
-                                       channels_last=channels_last, ema_decay=ema_decay, tta=tta,
-                                       decision=decision, mixing=mixing))
+        self.save_hyperparameters(
+            dict(
+                classes=list(classes),
+                net=net,
+                loss=loss,
+                optimizer=dict(name="adam", lr=1e-4, weight_decay=0.0) | dict(optimizer or {}),
+                scheduler=dict(name="step", step_size=7, gamma=0.1) | dict(scheduler or {}),
+                class_counts=class_counts,
+                image_size=image_size,
+                mean=mean,
+                std=std,
+                channels_last=channels_last,
+                tta=tta,
+                decision=decision,
+            )
+        )
         self.classes = list(classes)
         self.model = AttentionGatedResNet18(**net)
         self.register_buffer("decision_offsets", torch.zeros(len(classes)))  # added to log-probabilities
         self.criterion = FocalLoss(loss["gamma"], loss["alpha"], loss["label_smoothing"])
-        self.aux_weight = float(loss["aux_weight"])
         self.mask_weight = float(loss["mask_weight"])
-        if self.mask_weight < 0:
-            raise ConfigError(f"loss.mask_weight must be >= 0, got {self.mask_weight}")
-        if self.mask_weight > 0 and not net.get("attention", True):
+        if self.mask_weight > 0 and not self.model.attention:
             # `experiment=recipe model=resnet18` is the gates-off baseline of the same recipe
             warnings.warn("loss.mask_weight is ignored: plain ResNet18 has no gates to point at lesions", stacklevel=2)
             self.mask_weight = 0.0
         self.lesion_weight = float(loss["lesion_weight"])
-        if self.lesion_weight < 0:
-            raise ConfigError(f"loss.lesion_weight must be >= 0, got {self.lesion_weight}")
-        self.lesion_class_weight = float(loss["lesion_class_weight"])
-        if self.lesion_class_weight < 0:
-            raise ConfigError(f"loss.lesion_class_weight must be >= 0, got {self.lesion_class_weight}")
-        # the decoder runs in training only where one of its losses counts (it never decides)
-        self.decoder_trains = self.lesion_weight > 0 or (
-            self.lesion_class_weight > 0 and bool(net.get("lesion_decoder_classes", False)))
-        if self.model.lesion_zoom and not self.decoder_trains:
-            raise ConfigError("net.lesion_zoom needs a decoder that learns where the lesion is: set loss.lesion_weight > 0")
-        if loss["empty_mask"] not in ("skip", "background"):
-            raise ConfigError(f"loss.empty_mask must be 'skip' or 'background', got {loss['empty_mask']!r}")
-        if loss["empty_mask"] == "background" and net.get("normalization", "sigmoid") == "softmax":
-            raise ConfigError("loss.empty_mask=background needs sigmoid gates (a softmax gate always sums to 1)")
-        self.metrics = nn.ModuleDict({f"{s}_metrics": stage_metrics(len(classes)) for s in STAGES})  # "train" would shadow .train()
+        self.metrics = nn.ModuleDict(
+            {f"{s}_metrics": stage_metrics(len(classes)) for s in STAGES}
+        )  # "train" would shadow .train()
         # (rows, probabilities with offsets, probabilities before them)
         self.test_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._test_buffer: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.ema: AveragedModel | None = None
-        if ema_decay is not None:
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-            self.ema.requires_grad_(False)  # never optimised (and DDP ignores it)
-
-    def eval_model(self) -> AttentionGatedResNet18:
-        """The network validation and test use: the EMA average when there is one."""
-        return self.ema.module if self.ema is not None else self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) normalised images -> logits (B, C)."""
@@ -146,16 +123,15 @@ class SkinTumorClassifier(L.LightningModule):
         return self.model(x)
 
     def score_proba(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1, H, W) -> the network's probabilities (B, C) (EMA, TTA), before any class offsets.
+        """(B, 1, H, W) -> the network's probabilities (B, C) (with TTA), before any class offsets.
 
-        ``logits``: the evaluated network's logits of ``x`` when already computed.
+        ``logits``: the network's logits of ``x`` when already computed.
         """
-        net = self.eval_model()
         if logits is None:
-            logits = net(x)
+            logits = self.model(x)
         probs = torch.softmax(logits.float(), dim=1)
         if self.hparams.tta == "hflip":
-            mirrored = net(torch.flip(x, dims=[-1]))  # width axis
+            mirrored = self.model(torch.flip(x, dims=[-1]))  # width axis
             probs = (probs + torch.softmax(mirrored.float(), dim=1)) / 2
         return probs
 
@@ -166,7 +142,7 @@ class SkinTumorClassifier(L.LightningModule):
         return torch.softmax(probs.clamp(min=1e-12).log() + self.decision_offsets, dim=1)
 
     def predict_proba(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1, H, W) -> probabilities (B, C) as validation and test decide with them (EMA, TTA, offsets)."""
+        """(B, 1, H, W) -> probabilities (B, C) as validation and test decide with them (TTA, offsets)."""
         return self.decide(self.score_proba(x, logits))
 
     @torch.no_grad()
@@ -198,90 +174,75 @@ class SkinTumorClassifier(L.LightningModule):
         # checkpoints written before `decision` existed have no offsets: plain argmax
         checkpoint["state_dict"].setdefault("decision_offsets", torch.zeros(len(self.classes)))
 
-    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> loss, probabilities (with the class offsets outside training) and scores (without)."""
-        x, y, rows = batch[:3]
-        masks = batch[3] if len(batch) > 3 else None
-        mix = None
-        if stage == "train" and any(self.hparams.mixing.values()):
-            mix = mix_batch(x, y, masks, **self.hparams.mixing)
-            x, masks = mix.x, mix.masks
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if stage == "train" and masks is None and self.model.lesion_zoom:
-            warnings.warn("net.lesion_zoom: the training data has no lesion masks, so the decoder learns nothing "
-                          "and the zoom looks at arbitrary crops; use data with masks or lesion_zoom=0", stacklevel=2)
-        net = self.model if stage == "train" else self.eval_model()
-        out = net.forward_details(x, lesion=stage == "train" and masks is not None and self.decoder_trains)
-
-        def over_labels(loss_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-            """``loss_of`` the batch's labels; for a mixed batch, the mix of its two labels' losses."""
-            if mix is None:
-                return loss_of(y)
-            return mix.lam * loss_of(mix.y_a) + (1 - mix.lam) * loss_of(mix.y_b)
-
-        def criterion(logits: torch.Tensor) -> torch.Tensor:
-            return over_labels(lambda labels: self.criterion(logits, labels))
-
-        loss = criterion(out.logits)
-        if stage == "train" and self.model.aggregation == "deep_sup" and out.branch_logits:
-            aux = torch.stack([criterion(b) for b in out.branch_logits]).mean()
-            loss = loss + self.aux_weight * aux
-        if stage == "train" and self.mask_weight > 0 and masks is not None:
-            # the gates learn to point at the lesion where the data has a lesion mask
-            norm = self.hparams.net.get("normalization", "sigmoid")
-            background = self.hparams.loss["empty_mask"] == "background"
-            mask_loss = torch.stack([gate_mask_loss(a, masks, norm, background)
-                                     for a in out.attention.values()]).mean()
-            self.log("train/mask_loss", mask_loss, on_step=False, on_epoch=True, batch_size=len(y))
-            loss = loss + self.mask_weight * mask_loss
-        if out.lesion_logits is not None:
-            # multi-task: the trunk also outlines the lesion (dense supervision)
-            lesion_loss = lesion_mask_loss(out.lesion_logits, masks)
-            self.log("train/lesion_loss", lesion_loss, on_step=False, on_epoch=True, batch_size=len(y))
-            loss = loss + self.lesion_weight * lesion_loss
-        if out.lesion_class_logits is not None and self.lesion_class_weight > 0:
-            # the lesion's own cells must tell the image's class
-            class_loss = over_labels(lambda labels: lesion_class_loss(out.lesion_class_logits, masks, labels))
-            self.log("train/lesion_class_loss", class_loss, on_step=False, on_epoch=True, batch_size=len(y))
-            loss = loss + self.lesion_class_weight * class_loss
-        scores = torch.softmax(out.logits.float(), dim=1) if stage == "train" else self.score_proba(x, out.logits)
-        probs = scores if stage == "train" else self.decide(scores)
-        if stage == "val":
-            for name, alpha in out.attention.items():  # does the gate vary within an image?
-                values = alpha.float().flatten(1)
-                spread = values.std(dim=1)
-                # std / mean: scale-free, so sigmoid gates and softmax gates (which sum to 1) compare
-                cv = spread / values.mean(dim=1).clamp(min=1e-12)
-                self.log(f"val/{name}_spread", spread.mean(), on_step=False, on_epoch=True, batch_size=len(y),
-                         sync_dist=True)
-                self.log(f"val/{name}_cv", cv.mean(), on_step=False, on_epoch=True, batch_size=len(y),
-                         sync_dist=True)
-        if stage == "val" and out.zoom_boxes is not None:  # how far the zoom magnifies (1 = the whole image)
-            self.log("val/zoom_side", out.zoom_boxes[:, 2].mean(), on_step=False, on_epoch=True, batch_size=len(y),
-                     sync_dist=True)
-        if mix is not None and mix.lam < 0.5:  # training metrics count the larger part's label
-            y = mix.y_b
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics["stats"].update(probs, y)    # the decision
-        metrics["auroc"].update(scores, y)   # the ranking: offsets are a threshold, not a score
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,
-                 batch_size=len(y), sync_dist=True)
-        return loss, probs, scores
-
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")[0]
+        x, y, _ = batch[:3]
+        masks = batch[3] if len(batch) > 3 else None
+        out = self.model.forward_details(self._memory_format(x), lesion=masks is not None and self.lesion_weight > 0)
+        terms = self.training_losses(out, y, masks)
+        for name, value in terms.items():
+            if name != "class":
+                self.log(f"train/{name}_loss", value, on_step=False, on_epoch=True, batch_size=len(y))
+        loss = terms["class"]
+        if "mask" in terms:
+            loss = loss + self.mask_weight * terms["mask"]
+        if "lesion" in terms:
+            loss = loss + self.lesion_weight * terms["lesion"]
+        self._update_metrics("train", y, torch.softmax(out.logits.float(), dim=1), loss)
+        return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
+    def training_losses(self, out: ModelOutput, y: torch.Tensor, masks: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The loss terms of one training batch, unweighted: ``class`` (focal loss), and where the
+        batch has lesion masks ``mask`` (the gates point at the lesion) and ``lesion`` (the decoder
+        outlines it) when their weights are on."""
+        terms = {"class": self.criterion(out.logits, y)}
+        if self.mask_weight > 0 and masks is not None:
+            terms["mask"] = torch.stack([gate_mask_loss(a, masks) for a in out.attention.values()]).mean()
+        if out.lesion_logits is not None:
+            terms["lesion"] = lesion_mask_loss(out.lesion_logits, masks)
+        return terms
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+        x, y = self._memory_format(batch[0]), batch[1]
+        out = self.model.forward_details(x, lesion=False)
+        scores = self.score_proba(x, out.logits)
+        self._update_metrics("val", y, scores, self.criterion(out.logits, y))
+        for name, alpha in out.attention.items():  # does the gate vary within an image?
+            self.log(
+                f"val/{name}_spread",
+                alpha.float().flatten(1).std(dim=1).mean(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(y),
+                sync_dist=True,
+            )
 
     def test_step(self, batch, batch_idx):
-        _, probs, scores = self._step(batch, "test")
-        self._test_buffer.append((batch[2].detach(), probs.detach(), scores.detach()))
+        x, y, rows = self._memory_format(batch[0]), batch[1], batch[2]
+        logits = self.model(x)
+        scores = self.score_proba(x, logits)
+        probs = self._update_metrics("test", y, scores, self.criterion(logits, y))
+        self._test_buffer.append((rows.detach(), probs.detach(), scores.detach()))
+
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def _update_metrics(self, stage: str, y: torch.Tensor, scores: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """Feed the stage's metrics: the decision from the probabilities with the class offsets (none in
+        training), the ranking (AUROC) from ``scores``, the probabilities before them. -> the decided probabilities."""
+        probs = scores if stage == "train" else self.decide(scores)
+        metrics = self.metrics[f"{stage}_metrics"]
+        metrics["stats"].update(probs, y)  # the decision
+        metrics["auroc"].update(scores, y)  # the ranking: offsets are a threshold, not a score
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=stage != "test",
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
+        return probs
 
     def _log_epoch(self, stage: str) -> None:
         collection = self.metrics[f"{stage}_metrics"]
@@ -305,38 +266,63 @@ class SkinTumorClassifier(L.LightningModule):
 
     def on_test_epoch_end(self):
         self._log_epoch("test")
-        rows, probs, scores = (self.all_gather(torch.cat(part)) for part in zip(*self._test_buffer))  # DDP: every rank's share
+        rows, probs, scores = (
+            self.all_gather(torch.cat(part)) for part in zip(*self._test_buffer)
+        )  # DDP: every rank's share
         rows = rows.reshape(-1).cpu().numpy()
         probs, scores = (t.reshape(-1, len(self.classes)).float().cpu().numpy() for t in (probs, scores))
         rows, first = np.unique(rows, return_index=True)  # DistributedSampler pads with repeats
         self.test_predictions = (rows, probs[first], scores[first])
 
     def configure_optimizers(self):
-        opt_cfg, sch_cfg = dict(self.hparams.optimizer), dict(self.hparams.scheduler)
-        optimizer = build_optimizer(self.model.parameters(), **opt_cfg)  # never the EMA copy
-        scheduler = build_scheduler(optimizer, max_epochs=self.trainer.max_epochs,
-                                    total_steps=self.trainer.estimated_stepping_batches, **sch_cfg)
+        optimizer = build_optimizer(self.model.parameters(), **self.hparams.optimizer)
+        scheduler = build_scheduler(optimizer, max_epochs=self.trainer.max_epochs, **self.hparams.scheduler)
         if scheduler is None:
             return optimizer
-        interval = "step" if sch_cfg["name"] == "onecycle" else "epoch"
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-def build_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0,
-                    momentum: float = 0.9, **_) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
-    raise ConfigError(f"unknown optimizer {name!r} (adam, adamw, sgd)")
+class DecisionPath(nn.Module):
+    """A trained classifier's whole decision as one graph, with no data-dependent branch (so it
+    traces and exports to ONNX): the network, hflip TTA, softmax, and the class offsets.
+
+    Shapes: x (B, 1, H, W) normalised images -> probs (B, C), the probabilities the decision is made
+    with (argmax), and scores (B, C), the network's probabilities before the offsets (what AUROC
+    ranks). The same numbers as :meth:`SkinTumorClassifier.predict_proba` and :meth:`~SkinTumorClassifier.score_proba`.
+    """
+
+    def __init__(self, classifier: SkinTumorClassifier):
+        super().__init__()
+        self.net = classifier.model
+        self.tta = classifier.hparams.tta == "hflip"
+        self.register_buffer("offsets", classifier.decision_offsets.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = torch.softmax(self.net(x).float(), dim=1)
+        if self.tta:  # fixed when the graph is built
+            scores = (scores + torch.softmax(self.net(torch.flip(x, dims=[-1])).float(), dim=1)) / 2
+        probs = torch.softmax(scores.clamp(min=1e-12).log() + self.offsets, dim=1)
+        return probs, scores
 
 
-def build_scheduler(optimizer, name: str = "step", max_epochs: int = 30, total_steps: int | float = 0,
-                    step_size: int = 7, gamma: float = 0.1, warmup_epochs: int = 0, min_lr: float = 0.0,
-                    **_):
-    """step: StepLR (the study's). cosine: linear warm-up then cosine to ``min_lr``. onecycle: per step."""
+def build_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """adam (the study's) or adamw (decoupled weight decay; the recipe's)."""
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if name not in optimizers:
+        raise ConfigError(f"unknown optimizer {name!r} ({', '.join(optimizers)})")
+    return optimizers[name](params, lr=lr, weight_decay=weight_decay)
+
+
+def build_scheduler(
+    optimizer,
+    name: str = "step",
+    max_epochs: int = 30,
+    step_size: int = 7,
+    gamma: float = 0.1,
+    warmup_epochs: int = 0,
+    min_lr: float = 0.0,
+):
+    """Per epoch. step: StepLR (the study's). cosine: linear warm-up, then cosine to ``min_lr``. none."""
     if name in ("none", None):
         return None
     if name == "step":
@@ -352,17 +338,41 @@ def build_scheduler(optimizer, name: str = "step", max_epochs: int = 30, total_s
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    if name == "onecycle":
-        max_lr = optimizer.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=int(total_steps))
-    raise ConfigError(f"unknown scheduler {name!r} (step, cosine, onecycle, none)")
+    raise ConfigError(f"unknown scheduler {name!r} (step, cosine, none)")
+
+
+ANY = object()
+RETIRED = {  # (group, key) of options tried and retired: the value that kept each off (ANY: never acted alone)
+    ("net", "aggregation"): "ft",
+    ("net", "normalization"): "sigmoid",
+    ("net", "dropout"): 0.0,
+    ("net", "stem_pool"): True,
+    ("net", "lesion_decoder_stride"): 8,
+    ("net", "lesion_decoder_classes"): False,
+    ("net", "lesion_zoom"): 0,
+    ("net", "lesion_zoom_margin"): ANY,
+    ("loss", "empty_mask"): "skip",
+    ("loss", "aux_weight"): ANY,
+    ("loss", "lesion_class_weight"): ANY,
+    (None, "ema_decay"): None,
+    (None, "mixing"): {"mixup_alpha": 0.0, "cutmix_alpha": 0.0},
+}
+
+
+def drop_retired_settings(hp: dict, source: Path) -> dict:
+    """An older checkpoint's hyper-parameters without the retired options it holds at their "off"
+    value; DataError naming the file and the option when one was on (this version cannot rebuild it)."""
+    hp = {k: dict(v) if isinstance(v, dict) else v for k, v in hp.items()}
+    for (group, key), off in RETIRED.items():
+        part = hp.get(group, {}) if group else hp
+        if key in part and (value := part.pop(key)) != off and off is not ANY:
+            name = f"{group}.{key}" if group else key
+            raise DataError(f"{source}: trained with {name}={value!r}, a retired option this version cannot rebuild")
+    return hp
 
 
 def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTumorClassifier:
-    """Rebuild a trained classifier from a checkpoint; reads tensors and plain data only.
-
-    With EMA (``ema_decay`` set) ``.model`` gets the averaged weights, the ones that were validated.
-    """
+    """Rebuild a trained classifier from a checkpoint; reads tensors and plain data only."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: checkpoint not found")
@@ -371,12 +381,12 @@ def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTu
     except Exception as err:  # truncated, not a torch file, or one that needs unpickling arbitrary objects
         raise DataError(f"{checkpoint}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict) or "state_dict" not in data or "classes" not in data.get("hyper_parameters", {}):
-        raise DataError(f"{checkpoint}: not a skintumor checkpoint (no weights, or no hyper-parameters with class names)")
-    hp = dict(data["hyper_parameters"])
+        raise DataError(
+            f"{checkpoint}: not a skintumor checkpoint (no weights, or no hyper-parameters with class names)"
+        )
+    hp = drop_retired_settings(data["hyper_parameters"], checkpoint)
     hp["net"] = dict(hp["net"]) | {"pretrained": False, "weights_path": None}  # weights come from the file
     module = SkinTumorClassifier(**hp)
     module.on_load_checkpoint(data)
     module.load_state_dict(data["state_dict"])
-    if module.ema is not None:
-        module.model.load_state_dict(module.ema.module.state_dict())
     return module.eval()
