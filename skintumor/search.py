@@ -25,7 +25,7 @@ from skintumor.data.folds import PatientGroupedFolds
 from skintumor.errors import DataError, PolicyError
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="search")
+@hydra.main(version_base="1.3", config_path="conf", config_name="search")
 def main(cfg: DictConfig) -> None:
     with one_line_user_errors():  # bad data or policy path: one clear line, no traceback
         run_search(cfg)

@@ -31,7 +31,7 @@ from skintumor.models.module import SkinTumorClassifier
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with one_line_user_errors():
         return train(cfg)

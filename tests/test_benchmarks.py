@@ -13,7 +13,15 @@ import torch
 
 from conftest import REPO
 
-BENCHMARKS = ("throughput", "augment_cost", "phantom_difficulty", "cv_busi", "explain_agreement", "gpu_smoke")
+BENCHMARKS = (
+    "throughput",
+    "augment_cost",
+    "phantom_difficulty",
+    "cv_busi",
+    "explain_agreement",
+    "gpu_smoke",
+    "inference",
+)
 BUSI = REPO.parent / "shared" / "data" / "busi"
 
 
@@ -124,3 +132,23 @@ def test_gpu_smoke_quick(tmp_path):
     assert all(v > 0 for v in table.values())
     peaks = result["peak_memory_gib"][size]
     assert all((v > 0) if torch.cuda.is_available() else v is None for v in peaks.values())
+
+
+@pytest.mark.slow  # writes a 2-member bundle (one ONNX export, ~10 s) and times 15 configurations: ~20 s on 2 cores
+def test_inference_quick(tmp_path):
+    threads = torch.get_num_threads()
+    result = quick("inference", tmp_path)
+    assert torch.get_num_threads() == threads  # its --threads 1 does not leak into the caller
+    rows = result["configurations"]
+    backends = {
+        f"{b}{kind}" for b in ("torch", "onnx") for kind in ("", "_e2e", "_ensemble", "_single", "_ensemble_single")
+    }
+    assert set(rows) == {"bare_1x", "bare_2x", "bare_2x_b1", "bare_2x_cl", "torch_single_cam"} | backends
+    for name, row in rows.items():
+        assert row["images_per_s"] > 0 and row["ms_per_image"] > 0, name
+        assert row["images_per_s_min"] <= row["images_per_s"] <= row["images_per_s_max"], name
+        assert (row["ratio_to_baseline"] is None) == (row["baseline"] is None), name
+    assert rows["torch_ensemble"]["members"] == rows["onnx_ensemble_single"]["members"] == result["members"] == 2
+    assert rows["torch"]["batch"] == 4 and rows["onnx_single"]["batch"] == 1
+    assert set(result["targets"]) == {"predict_ge_0.9x_bare", "onnx_ge_torch", "single_cam_under_150ms"}
+    assert all(isinstance(v, bool) for v in result["targets"].values())

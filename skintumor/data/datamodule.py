@@ -56,6 +56,12 @@ def _resize(array: np.ndarray, size: int, interpolation: int) -> np.ndarray:
     return cv2.resize(array, (size, size), interpolation=interpolation)
 
 
+def to_tensor(image: np.ndarray, mean: float, std: float) -> torch.Tensor:
+    """(H, W) uint8 -> (1, H, W) float: scaled to [0, 1], then ``(x - mean) / std`` (the input contract)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+    return ((x - mean) / std).unsqueeze(0)
+
+
 class CachedImageDataset(Dataset):
     """Decoded uint8 images in memory -> ``(x: 1xHxW float, y: int, index: int)``.
 
@@ -90,8 +96,7 @@ class CachedImageDataset(Dataset):
                 image, mask = moved["image"], moved["mask"]
             else:
                 image = self.augment(image=image)["image"]
-        x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
-        x = ((x - self.mean) / self.std).unsqueeze(0)
+        x = to_tensor(image, self.mean, self.std)
         if self.masks is None:
             return x, self.labels[row], row
         m = torch.from_numpy(np.ascontiguousarray(mask)).float()[None] if mask is not None else -torch.ones_like(x)

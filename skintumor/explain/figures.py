@@ -1,4 +1,5 @@
-"""Figures people look at: one overlay per image, and a per-class gallery of correct and wrong cases.
+"""Figures people look at: a per-class gallery of correct and wrong cases (per-image overlays:
+:mod:`skintumor.explain.overlay`).
 
 Maps are drawn as a translucent "jet" colour layer over the greyscale scan; the physician's lesion
 outline, when there is one, is a white contour on every panel.
@@ -22,6 +23,7 @@ TITLES = {
     "branch_cam": "branch CAM",
     "gate2": "gate 2 (layer2)",
     "gate3": "gate 3 (layer3)",
+    "decoder": "lesion decoder",
     "random": "random",
 }
 
@@ -52,27 +54,6 @@ def _panel(ax, image: np.ndarray, cam: np.ndarray | None, mask: np.ndarray | Non
         ax.contour(mask.astype(float), levels=[0.5], colors=["white"], linewidths=0.8)
     ax.set_title(title, fontsize=7)
     ax.set_axis_off()
-
-
-def overlay_figure(case: Case, path: str | Path, methods=None) -> Path:
-    """Image plus one panel per map; title: true and predicted class with probabilities. Writes a PNG."""
-    methods = [m for m in (methods or case.maps) if m in case.maps]
-    fig, axes = plt.subplots(1, 1 + len(methods), figsize=(1.6 * (1 + len(methods)), 2.0), dpi=110)
-    axes = np.atleast_1d(axes)
-    _panel(
-        axes[0],
-        case.image,
-        None,
-        case.mask,
-        "image" + (" + lesion" if case.mask is not None and case.mask.any() else ""),
-    )
-    for ax, method in zip(axes[1:], methods):
-        _panel(ax, case.image, case.maps[method], case.mask, TITLES.get(method, method))
-    probs = ", ".join(f"{k} {v:.2f}" for k, v in case.probs.items())
-    verdict = "correct" if case.correct else "WRONG"
-    fig.suptitle(f"{case.name}   true: {case.label}   predicted: {case.pred} ({verdict})   [{probs}]", fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    return _save(fig, path)
 
 
 def gallery_figure(cases: list[Case], cls: str, path: str | Path, method: str = "gradcam", per_row: int = 6) -> Path:

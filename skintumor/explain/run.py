@@ -31,7 +31,8 @@ from skintumor.evaluate.finished_run import FinishedRun
 from skintumor.explain import agreement as agr
 from skintumor.explain.cam import METHODS, explain_batch
 from skintumor.explain.faithfulness import PERCENTILES, road_scores
-from skintumor.explain.figures import Case, gallery_figure, overlay_figure
+from skintumor.explain.figures import TITLES, Case, gallery_figure
+from skintumor.explain.overlay import overlay_panels
 
 
 @dataclass
@@ -92,7 +93,7 @@ def explain_run(
         if settings.road_images > 0
         else []
     )
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
     columns = [
         TextColumn("[bold]explain[/] {task.description}"),
         BarColumn(),
@@ -157,10 +158,11 @@ def explain_run(
                 )
                 cases.append(case)
                 if settings.overlays is None or i < settings.overlays:
-                    overlay_figure(
-                        case,
-                        out / "overlays" / f"{i:04d}_{_safe(case.name)}.png",
-                        [m for m in methods if m != "random"],
+                    panel_maps = {m: case.maps[m] for m in methods if m != "random" and m in case.maps}
+                    listed = ", ".join(f"{k} {v:.2f}" for k, v in case.probs.items())
+                    caption = f"{case.name}  true: {case.label}  predicted: {case.pred}\n[{listed}]"
+                    overlay_panels(case.image, panel_maps, case.mask, caption, TITLES).save(
+                        out / "overlays" / f"{i:04d}_{_safe(case.name)}.png"
                     )
             bar.update(task, advance=len(idx), description="test images")
 
