@@ -9,10 +9,10 @@ NAME   ?= cv
 SEARCH_ARGS ?=
 TRAIN_ARGS  ?=
 
-.PHONY: help install train cv search paper test test-slow test-cov lint format clean
+.PHONY: help install train cv search paper test test-slow test-e2e test-cov lint format clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ test: $(STAMP)  ## the default test suite (under 5 minutes on 2 CPU cores; the 2
 
 test-slow: $(STAMP)  ## only the slow tests (real data, more training, several processes)
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-e2e:  ## the web page in headless Chromium (installs nothing: needs make install and /usr/bin/chromium, docs/serve.md)
+	$(PY) -m pytest -q -m e2e $(ARGS)
 
 test-cov: $(STAMP)  ## the default suite with a coverage report of skintumor/
 	$(PY) -m pytest -q --cov --cov-report=term $(ARGS)

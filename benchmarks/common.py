@@ -179,3 +179,41 @@ def tiny_phantom(out_dir: Path, image_size: int = 64):
     from skintumor.data.phantom import generate_phantom
 
     return generate_phantom(out_dir, n_patients=(8, 6, 6), n_images=30, image_size=image_size, n_jobs=1, progress=False)
+
+
+CLASSES = ["cyst", "lipoma", "pilomatricoma"]
+
+
+def recipe_classifier(size: int, seed: int = 0):
+    """The recipe's classifier (gates, lesion decoder, hflip TTA, balanced decision) random-initialised
+    with ``seed``, with non-zero class offsets, in eval mode: speed does not depend on the weights."""
+    from skintumor.models.module import SkinTumorClassifier
+
+    torch.manual_seed(seed)
+    classifier = SkinTumorClassifier(
+        CLASSES,
+        net={"attention": True, "lesion_decoder": True},
+        tta="hflip",
+        decision="balanced",
+        image_size=size,
+        loss={"alpha": None},
+    )
+    classifier.decision_offsets.copy_(torch.randn(len(CLASSES)) * 0.3)
+    return classifier.eval()
+
+
+def speckle_scans(n: int, size: int = 256, seed: int = 0) -> list:
+    """``n`` synthetic B-mode-like (size, size) uint8 scans: Rayleigh speckle blurred to a grain, over
+    a depth fade and a darker round 'lesion'."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    scans = []
+    for _ in range(n):
+        speckle = cv2.GaussianBlur(rng.rayleigh(1.0, (size, size)).astype(np.float32), (0, 0), 1.2)
+        cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.08, 0.2)
+        lesion = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r**2, 0.45, 1.0)
+        scans.append(np.clip(90 * speckle * (1.0 - 0.6 * yy) * lesion, 0, 255).astype(np.uint8))
+    return scans

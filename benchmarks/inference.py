@@ -25,15 +25,13 @@ Each configuration's ratio is to its matching bare loop: bare_2x for the batched
 path runs TTA), bare_2x_b1 for batch 1. Targets: predict (torch, batched, one model) >= 0.9 x bare_2x;
 ONNX Runtime >= torch eager (batched, one model); one image + CAM < 150 ms. Figures: the median over
 ``--repeats`` (and min-max). ``--threads``: torch's threads (ONNX Runtime keeps its default).
-``--quick``: 32 px, 2 members, batch 4, 1 repeat, 2 steps, 1 torch thread, and one ONNX export
-copied for the other members (not a measurement: a pass through the code path).
+``--quick``: 32 px, 2 members, batch 4, 1 repeat, 2 steps, 1 torch thread (not a measurement: a
+pass through the code path).
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,96 +41,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime
 import torch
 from PIL import Image
 from rich.table import Table
-from safetensors.torch import save_file
 
 from benchmarks import common
 from skintumor.deploy import bundle as bundles
-from skintumor.deploy.onnx import export_onnx
 from skintumor.deploy.predict import Input, Predictor
-from skintumor.models.module import DecisionPath, SkinTumorClassifier
 
-CLASSES = ["cyst", "lipoma", "pilomatricoma"]
 SCAN = 256  # px of the synthetic scans before preprocessing
 CAM_TARGET_MS = 150.0
-
-
-def classifiers(n: int, size: int, seed: int = 0) -> list[SkinTumorClassifier]:
-    """``n`` recipe classifiers, random-initialised (seed ``seed + i``) with non-zero class offsets."""
-    out = []
-    for i in range(n):
-        torch.manual_seed(seed + i)
-        c = SkinTumorClassifier(
-            CLASSES,
-            net={"attention": True, "lesion_decoder": True},
-            tta="hflip",
-            decision="balanced",
-            image_size=size,
-            loss={"alpha": None},
-        )
-        c.decision_offsets.copy_(torch.randn(len(CLASSES)) * 0.3)
-        out.append(c.eval())
-    return out
-
-
-def write_bundle(members: list[SkinTumorClassifier], out: Path, copy_onnx: bool = False) -> Path:
-    """A bundle folder as :func:`skintumor.deploy.bundle.export_bundle` lays it out (the keys
-    ``load_bundle`` reads), from classifiers rather than finished runs; with ONNX graphs.
-    ``copy_onnx``: export member 0's graph only and copy it for the others (an export takes ~10 s;
-    the graphs' cost does not depend on their weights)."""
-    out.mkdir(parents=True, exist_ok=True)
-    hp = json.loads(json.dumps(dict(members[0].hparams)))  # plain data
-    entries = []
-    for i, classifier in enumerate(members):
-        name = f"fold_{i}"
-        weights = out / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(weights))
-        graph = out / f"{name}.onnx"
-        if copy_onnx and i > 0:
-            shutil.copyfile(out / f"{entries[0]['onnx']}", graph)
-        else:
-            export_onnx(DecisionPath(classifier).eval(), graph, hp["image_size"])
-        entries.append(
-            {
-                "name": name,
-                "weights": weights.name,
-                "sha256": bundles.sha256(weights),
-                "onnx": graph.name,
-                "onnx_sha256": bundles.sha256(graph),
-            }
-        )
-    meta = {
-        "format": bundles.FORMAT,
-        "format_version": bundles.FORMAT_VERSION,
-        "classes": hp["classes"],
-        "preprocessing": {k: hp[k] for k in ("image_size", "mean", "std")} | {"scan_area_crop": False},
-        "classifier": {k: hp[k] for k in bundles.CLASSIFIER_KEYS}
-        | {"net": hp["net"] | {"pretrained": False, "weights_path": None}},
-        "decision": {"rule": hp["decision"], "tta": hp["tta"]},
-        "members": entries,
-    }
-    (out / bundles.MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-    return out
-
-
-def speckle_scans(n: int, seed: int = 0) -> list[np.ndarray]:
-    """``n`` synthetic B-mode-like uint8 scans: Rayleigh speckle, blurred to a grain, over a depth
-    fade and a darker round 'lesion'."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SCAN, 0:SCAN] / SCAN
-    scans = []
-    for _ in range(n):
-        speckle = cv2.GaussianBlur(rng.rayleigh(1.0, (SCAN, SCAN)).astype(np.float32), (0, 0), 1.2)
-        cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.08, 0.2)
-        lesion = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r**2, 0.45, 1.0)
-        envelope = (1.0 - 0.6 * yy) * lesion
-        scans.append(np.clip(90 * speckle * envelope, 0, 255).astype(np.uint8))
-    return scans
 
 
 def images_per_second(step: Callable[[int], object], calls: int, per_call: int, warmup: int = 1) -> float:
@@ -281,11 +201,10 @@ def measure(run: common.Run) -> int:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ONNX exporter's and grad-cam's chatter
         with common.console.status(f"writing a {args.members}-member bundle at {args.size} px (ONNX export)"):
-            bundle = bundles.load_bundle(
-                write_bundle(classifiers(args.members, args.size), Path(tmp) / "model", args.quick)
-            )
+            members = {f"fold_{i}": common.recipe_classifier(args.size, seed=i) for i in range(args.members)}
+            bundle = bundles.load_bundle(bundles.write_bundle(Path(tmp) / "model", members, onnx=True))
         bundle_seconds = time.perf_counter() - started
-        scans = speckle_scans(args.batch)
+        scans = common.speckle_scans(args.batch, SCAN)
         pngs = []
         for i, scan in enumerate(scans):
             pngs.append(Path(tmp) / f"scan_{i}.png")

@@ -6,6 +6,7 @@ skintumor report SWEEP [SWEEP_B]         cross-validation report, or a compariso
 skintumor explain RUN_DIR                explanations and their agreement with the lesion
 skintumor export RUN_OR_SWEEP --out DIR  a model bundle (safetensors, model.json, optional ONNX)
 skintumor predict BUNDLE INPUT...        probabilities and overlays for new scans
+skintumor serve BUNDLE                   a local web page for the bundle (http://127.0.0.1:8000/)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ COMMANDS = {
     "explain": "explanation maps of a run's test fold and their agreement with the lesion",
     "export": "write a model bundle from a finished run or sweep",
     "predict": "predict new scans with a model bundle",
+    "serve": "a local web page that predicts scans with a model bundle",
 }
 
 
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from skintumor.explain.__main__ import main as explain
 
         return explain(rest)
+    if command == "serve":
+        from skintumor.deploy.serve.cli import serve_main
+
+        return serve_main(rest)
     from skintumor.predict import export_main, predict_main
 
     return (export_main if command == "export" else predict_main)(rest)

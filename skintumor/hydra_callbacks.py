@@ -2,7 +2,7 @@
 
 - :class:`CrossValidationReport` writes the out-of-fold report into the sweep directory when the
   multirun ends (configured in ``conf/hydra/default.yaml``); for an ensemble sweep, each member's and
-  the ensemble's.
+  the ensemble's. Folds explained in training (``explain.enabled``) are pooled into the report first.
 - :class:`OneDevicePerJob` gives each parallel job its own GPU (or its share of the CPU threads);
   it acts only when the launcher runs several jobs at once (``hydra/launcher=parallel``).
 """
@@ -25,6 +25,11 @@ class CrossValidationReport(Callback):
     probabilities are written to ``<sweep>/ensemble`` (:func:`ensemble_sweeps`) and reported there.
     A report failure is printed, never raised: the trained folds stay valid. If a fold fails, Hydra
     stops before this hook; ``make cv`` then runs ``python -m skintumor.report`` itself.
+
+    When folds have explanations (``fold_<k>/explain/``, ``explain.enabled=true``), they are pooled
+    first (:func:`skintumor.explain.pooled.pool_explanations`: ``<sweep>/explain/``, galleries in
+    ``figures/``) and the report gets the pooled section; a pooling failure is printed and the report
+    is written without it.
     """
 
     def __init__(self, n_boot: int = 2000, seed: int = 0):
@@ -43,14 +48,16 @@ class CrossValidationReport(Callback):
             from skintumor.evaluate.report import build_report
 
             if not members:
-                build_report(sweep_dir, n_boot=self.n_boot, seed=self.seed, console=console)
+                sections = explanation_sections(sweep_dir, console)
+                build_report(sweep_dir, n_boot=self.n_boot, seed=self.seed, console=console, sections=sections)
                 console.print(f"cross-validation report: {sweep_dir / 'report.html'}", soft_wrap=True)
                 return
             from skintumor.evaluate.ensemble import ensemble_sweeps
 
             member_dirs = sorted(d for d in sweep_dir.iterdir() if d.is_dir() and any(d.glob("fold_*")))
             for d in member_dirs:
-                build_report(d, n_boot=self.n_boot, seed=self.seed, console=console)
+                sections = explanation_sections(d, console)
+                build_report(d, n_boot=self.n_boot, seed=self.seed, console=console, sections=sections)
             if len(member_dirs) > 1:  # one member (e.g. seed=1 on the command line) has its report already
                 out = ensemble_sweeps(member_dirs, sweep_dir / "ensemble")
                 build_report(out, n_boot=self.n_boot, seed=self.seed, console=console)
@@ -63,6 +70,21 @@ class CrossValidationReport(Callback):
                 f"[bold red]report not written:[/] {err} (retry: python -m skintumor.report {sweep_dir})",
                 soft_wrap=True,
             )
+
+
+def explanation_sections(sweep_dir: Path, console: Console) -> list:
+    """The report sections of a sweep's explained folds (pooled over them): [] when none is explained
+    or the pooling fails (printed; the report is written without it)."""
+    try:
+        from skintumor.explain.pooled import pool_explanations
+
+        section = pool_explanations(sweep_dir)
+    except Exception as err:  # noqa: BLE001 - the report must not depend on the explanations
+        console.print(f"[bold red]explanations not pooled:[/] {err}", soft_wrap=True)
+        return []
+    if section is not None:
+        console.print(f"explanations pooled over the folds: {sweep_dir / 'explain' / 'agreement.md'}", soft_wrap=True)
+    return [section] if section is not None else []
 
 
 class OneDevicePerJob(Callback):
@@ -99,4 +121,4 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(len(list(Path("/proc/driver/nvidia/gpus").glob("*"))))]
 
 
-__all__ = ["CrossValidationReport", "OneDevicePerJob", "visible_gpus"]
+__all__ = ["CrossValidationReport", "OneDevicePerJob", "explanation_sections", "visible_gpus"]

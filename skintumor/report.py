@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -57,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif len(args.sweeps) == 1:
             from skintumor.evaluate.report import build_report
+            from skintumor.hydra_callbacks import explanation_sections
 
-            build_report(args.sweeps[0], n_boot=args.n_boot, seed=args.seed, n_bins=args.bins, console=console)
+            sections = explanation_sections(Path(args.sweeps[0]), console)  # folds explained in training, pooled
+            build_report(
+                args.sweeps[0], n_boot=args.n_boot, seed=args.seed, n_bins=args.bins, console=console, sections=sections
+            )
             console.print(f"wrote {args.sweeps[0]}/report.md, report.html, figures/, metrics_cv.json")
         else:
             from skintumor.evaluate.compare import build_comparison

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import lightning as L
@@ -27,6 +28,9 @@ from skintumor.data.datamodule import UltrasoundDataModule
 from skintumor.errors import ConfigError, DataError
 from skintumor.evaluate.predictions import write_predictions
 from skintumor.models.module import SkinTumorClassifier
+
+if TYPE_CHECKING:
+    from skintumor.explain.run import ExplainSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ def train(cfg: DictConfig) -> float | None:
     score = validate_and_decide(trainer, model, datamodule, chosen, out) if chosen else None
     if cfg.get("test", True):
         test_once(trainer, model, datamodule, chosen, out)
+        explain_test_fold(cfg, out, trainer.is_global_zero and bool(chosen))
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()
@@ -76,6 +81,7 @@ def check_run_settings(cfg: DictConfig, out: Path) -> None:
         raise ConfigError("test_checkpoint=last needs callbacks.last_checkpoint (it writes the final epoch)")
     if (out / "checkpoints").exists() and not cfg.get("ckpt_path"):
         raise DataError(f"{out}: run directory already holds checkpoints; runs are never overwritten")
+    explain_settings(cfg)  # a wrong explain.* setting fails now, not after the training
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -140,6 +146,37 @@ def test_once(
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     metrics["checkpoint"] = os.path.relpath(chosen, out) if chosen else "final weights (no checkpoint)"
     (out / "metrics_test.json").write_text(json.dumps(metrics, indent=2))
+
+
+def explain_settings(cfg: DictConfig) -> ExplainSettings | None:
+    """``cfg.explain`` (its keys in conf/train.yaml) as :class:`ExplainSettings`; None when not enabled."""
+    node = cfg.get("explain")
+    options = OmegaConf.to_container(node, resolve=True) if node else {}
+    if not options.pop("enabled", False):
+        return None
+    from skintumor.explain.run import ExplainSettings  # matplotlib and grad-cam only when explaining
+
+    return ExplainSettings.from_options(options)
+
+
+def explain_test_fold(cfg: DictConfig, out: Path, tested: bool) -> None:
+    """With ``explain.enabled``, explain the tested checkpoint on the test fold into ``out/explain``
+    (:func:`skintumor.explain.run.explain_run`, as ``python -m skintumor.explain`` does); ``tested``:
+    this process tested a checkpoint (rank 0, not fast_dev_run). A failure is logged, never raised:
+    the trained and tested fold stays valid, and the command to retry is in the log."""
+    settings = explain_settings(cfg)
+    if settings is None or not tested:
+        return
+    from skintumor.explain.run import explain_run, road_cost
+
+    progress = bool((cfg.get("callbacks") or {}).get("progress_bar"))
+    try:
+        result = explain_run(out, settings=settings, overwrite=bool(cfg.get("ckpt_path")), progress=progress)
+    except Exception as err:  # noqa: BLE001 - the fold's results must survive an explanation failure
+        log.error("explanations not written: %s (retry: python -m skintumor.explain %s)", err, out)
+        return
+    log.info("explained %d test images in %.1f s -> %s", result["n_test"], result["seconds"]["total"], out / "explain")
+    log.info(road_cost(result))
 
 
 def emulated_bf16_warning(trainer: L.Trainer) -> str | None:

@@ -21,6 +21,8 @@ BENCHMARKS = (
     "explain_agreement",
     "gpu_smoke",
     "inference",
+    "explain_speed",
+    "serve_load",
 )
 BUSI = REPO.parent / "shared" / "data" / "busi"
 
@@ -152,3 +154,29 @@ def test_inference_quick(tmp_path):
     assert rows["torch"]["batch"] == 4 and rows["onnx_single"]["batch"] == 1
     assert set(result["targets"]) == {"predict_ge_0.9x_bare", "onnx_ge_torch", "single_cam_under_150ms"}
     assert all(isinstance(v, bool) for v in result["targets"].values())
+
+
+@pytest.mark.slow  # skintumor serve in a subprocess, ~350 requests from 2 clients: ~30 s on 2 cores
+def test_serve_load_quick(tmp_path):
+    result = quick("serve_load", tmp_path)
+    assert result["errors"] == 0 and result["clients"] == 2
+    for name in ("cam", "plain"):
+        phase = result["phases"][name]
+        assert phase["requests"] > 0 and phase["requests_per_s"] > 0 and 0 < phase["p50_ms"] <= phase["p95_ms"]
+    memory = result["memory"]
+    assert memory["requests"] == 200 and memory["errors"] == 0
+    assert 0 < memory["rss_mib_before"] and 0 < memory["rss_mib_after"] and abs(memory["rss_growth_percent"]) < 50
+
+
+def test_explain_speed_quick(tmp_path):
+    threads = torch.get_num_threads()
+    result = quick("explain_speed", tmp_path)
+    assert torch.get_num_threads() == threads  # its one thread does not leak into the caller
+    assert result["images"] == 12 and result["size"] == 32 and result["road_images"] == 2 and result["threads"] == 1
+    seconds = result["seconds"]
+    assert all(seconds[k] > 0 for k in ("baseline", "maps", "explain_without_road", "road"))
+    assert seconds["explain_total"] == pytest.approx(seconds["explain_without_road"] + seconds["road"], abs=0.01)
+    assert result["road_seconds_per_image"] == pytest.approx(seconds["road"] / 2, rel=0.05)
+    assert set(result["targets"]) == {"explain_le_2x_maps", "maps_le_8x_baseline"}
+    assert all(isinstance(v, bool) for v in result["targets"].values())
+    assert (tmp_path / "explain_speed_quick" / "run" / "explain" / "agreement.json").is_file()

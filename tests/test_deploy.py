@@ -78,6 +78,28 @@ def test_onnx_backend_decides_as_torch(tiny_run, tmp_path):
         Predictor(load_bundle(export_bundle(tiny_run, tmp_path / "plain")), backend="onnx")
 
 
+def test_one_pass_prediction_with_maps_equals_prediction_then_the_librarys_grad_cam():
+    """predict --cam decides and explains with one forward pass per member; the probabilities and the
+    maps are those of predict_batch and of pytorch-grad-cam's Grad-CAM of the ensemble's decision."""
+    import torch
+
+    from benchmarks.common import recipe_classifier
+    from skintumor.deploy.bundle import Bundle, Member
+
+    members = [Member(f"m{i}", recipe_classifier(64, seed=i)) for i in range(2)]
+    meta = {
+        "classes": list(CLASSES),
+        "preprocessing": {"image_size": 64, "mean": 0.449, "std": 0.226, "scan_area_crop": False},
+    }
+    predictor = Predictor(Bundle(Path("."), meta, members))
+    x = torch.randn(3, 1, 64, 64)
+    probs, scores, maps = predictor.predict_and_explain(x)
+    want_probs, want_scores = predictor.predict_batch(x)
+    assert np.abs(probs - want_probs).max() < 1e-5 and np.abs(scores - want_scores).max() < 1e-5
+    want_maps = predictor.cam(x, want_probs.mean(axis=0).argmax(axis=1).tolist())
+    assert maps.shape == (3, 64, 64) and np.abs(maps - want_maps).max() < 1e-4 and maps.std() > 0
+
+
 def test_a_sweep_becomes_an_ensemble_whose_members_must_agree_on_the_input(tiny_run, tmp_path):
     sweep = tmp_path / "sweep"
     for fold in (0, 1):

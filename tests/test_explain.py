@@ -1,19 +1,37 @@
 """Explanations: CAMs find what a hand-made model uses, metrics and statistics give known answers, the CLI
 explains a tiny trained run (images with lesion masks and one finding column)."""
 
+import io
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from pytorch_grad_cam.metrics.road import (
+    NoisyLinearImputer,
+    ROADLeastRelevantFirstAverage,
+    ROADMostRelevantFirstAverage,
+    neighbors_weights,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+from rich.console import Console
 from torch import nn
 
+from skintumor.errors import ConfigError
+from skintumor.evaluate.report import build_report
 from skintumor.explain import agreement as agr
 from skintumor.explain.__main__ import main as explain_main
-from skintumor.explain.cam import branch_cam, branch_contributions, explain_batch, gradient_cam, normalise
-from skintumor.explain.faithfulness import road_scores, tie_broken_ranks
+from skintumor.explain.cam import LogitsOnly, branch_cam, branch_contributions, explain_batch, gradient_cam, normalise
+from skintumor.explain.faithfulness import imputation_system, kept_pixels, road_scores, tie_broken_ranks
+from skintumor.explain.run import ROAD_IMAGES, ExplainSettings, maps_metrics
+from skintumor.hydra_callbacks import explanation_sections
 from skintumor.models.attention_resnet import AttentionGatedResNet18
+from skintumor.train import explain_settings
+
+from conftest import REPO
 
 WINDOW = (slice(20, 30), slice(8, 18))  # rows, cols of the only region the window model looks at
 
@@ -278,3 +296,102 @@ def test_explain_with_chosen_methods_still_has_its_random_baseline(tiny_run, tmp
     rows = pd.DataFrame(json.loads((out / "agreement.json").read_text())["agreement"])
     assert set(rows["method"]) == {"gradcam", "gate3"} and set(rows["baseline"]) == {"random", "centre"}
     assert "| gradcam |" in (out / "agreement.md").read_text()
+
+
+# -- ROAD in batches, explain inside a sweep ------------------------------------------------------
+def _library_road(model, x, maps, targets, percentiles, seed=0):
+    """ROAD as it was computed before the batched version: pytorch-grad-cam's averagers, one forward
+    per percentile and order."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    ranked = tie_broken_ranks(np.asarray(maps, dtype=np.float32), rng)
+    wrapped, fns = LogitsOnly(model).eval(), [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+    morf = ROADMostRelevantFirstAverage(list(percentiles))(x, ranked, fns, wrapped).reshape(-1).astype(float)
+    lerf = ROADLeastRelevantFirstAverage(list(percentiles))(x, ranked, fns, wrapped).reshape(-1).astype(float)
+    return {"morf": morf, "lerf": lerf, "road": (lerf - morf) / 2}
+
+
+def test_batched_road_equals_the_library_per_percentile():
+    x, targets = _blob_images(decoy=True), [0, 1, 0]
+    window = np.zeros((3, 40, 40), np.float32)
+    window[:, WINDOW[0], WINDOW[1]] = 1.0  # flat regions: ties broken at random
+    maps = {"window": window, "smooth": np.random.default_rng(1).random((3, 40, 40)).astype(np.float32)}
+    for name, m in maps.items():
+        want = _library_road(WindowModel(), x, m, targets, (20, 50, 80), seed=3)
+        for workers in (1, 3):  # threads solve, the noise is drawn in the library's order either way
+            got = road_scores(WindowModel(), x, m, targets, (20, 50, 80), seed=3, workers=workers)
+            for key in ("morf", "lerf", "road"):
+                np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=f"{name} {key}")
+    keep = kept_pixels(tie_broken_ranks(maps["smooth"], np.random.default_rng(0))[0], 40, "lerf")
+    a, b = imputation_system(keep, x[0].numpy())
+    a_lib, b_lib = NoisyLinearImputer.setup_sparse_system(keep, x[0].numpy(), neighbors_weights)
+    assert abs(a - a_lib.tocsc()).max() == 0 and np.array_equal(b, b_lib)  # the same system, built at once
+
+
+def test_maps_metrics_equal_image_metrics_per_map():
+    rng = np.random.default_rng(4)
+    mask = np.zeros((48, 48), bool)
+    mask[12:30, 8:26] = True
+    maps = {k: rng.random((48, 48)).astype(np.float32) for k in ("a", "b")}
+    for tolerance in (None, 0, 4):
+        got = maps_metrics(maps, mask, tolerance, 0.4)
+        for name, cam in maps.items():
+            assert got[name] == pytest.approx(agr.image_metrics(cam, mask, tolerance, 0.4), nan_ok=True)
+    assert all(np.isnan(v) for v in maps_metrics(maps, None)["a"].values())
+
+
+def test_explain_config_composes_off_by_default_on_in_the_experiments():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        default = compose(config_name="train")
+        on = {e: compose(config_name="train", overrides=[f"experiment={e}"]) for e in ("recipe", "paper")}
+        chosen = compose(
+            config_name="train",
+            overrides=["explain.enabled=true", "explain.methods=[gradcam,gate2]", "+explain.seed=3"],
+        )
+        wrong = compose(config_name="train", overrides=["explain.enabled=true", "explain.methods=[gradcm]"])
+    assert default.explain.enabled is False and explain_settings(default) is None
+    assert default.explain.road_images == ROAD_IMAGES  # the config and the command line agree
+    for cfg in on.values():
+        assert cfg.explain.enabled is True and explain_settings(cfg) == ExplainSettings()
+    settings = explain_settings(chosen)
+    assert settings.methods == ("gradcam", "gate2") and settings.seed == 3 and settings.road_images == ROAD_IMAGES
+    with pytest.raises(ConfigError, match="explain.methods: unknown map"):
+        explain_settings(wrong)
+    with pytest.raises(ConfigError, match="explain.road_image: not a setting"):
+        ExplainSettings.from_options({"road_image": 3})
+
+
+def test_training_explains_and_the_sweep_report_pools_the_folds(tiny_run, tmp_path):
+    """experiment=recipe explains its test fold after the test (tiny_run did); two folds with
+    explanations give the report a pooled agreement table, ROAD table and galleries."""
+    result = json.loads((tiny_run / "explain" / "agreement.json").read_text())
+    n_test = len(json.loads((tiny_run / "split.json").read_text())["test"])
+    assert result["n_test"] == n_test and result["settings"]["road_seconds"] > 0
+    assert result["settings"]["road_seconds_per_image"] > 0 and (tiny_run / "explain" / "gallery_cases.npz").is_file()
+    sweep = tmp_path / "sweep"
+    for k in (0, 1):  # two "folds" (the same one twice: enough for the plumbing)
+        (sweep / f"fold_{k}").mkdir(parents=True)
+        for name in ("predictions_test.csv", "split.json", ".hydra", "explain"):
+            copy = shutil.copytree if (tiny_run / name).is_dir() else shutil.copy
+            copy(tiny_run / name, sweep / f"fold_{k}" / name)
+    console = Console(file=io.StringIO())
+    build_report(sweep, n_boot=100, console=console, sections=explanation_sections(sweep, console))
+    md = (sweep / "report.md").read_text()
+    assert "### Explanations pooled over folds" in md and "| branch CAM | " in md and "| random | " in md
+    assert f"Folds 0, 1: {2 * n_test} test images" in md and "Faithfulness (ROAD)" in md
+    pooled = pd.read_csv(sweep / "explain" / "agreement.csv")
+    assert set(pooled["fold"]) == {0, 1} and len(pooled) == 2 * len(pd.read_csv(tiny_run / "explain" / "agreement.csv"))
+    assert "Test folds, pooled" in (sweep / "explain" / "agreement.md").read_text()
+    for cls in ("cyst", "lipoma", "pilomatricoma"):
+        assert f"](figures/explain_gallery_{cls}.png)" in md
+        assert (sweep / "figures" / f"explain_gallery_{cls}.png").read_bytes()[:4] == b"\x89PNG"
+    # `python -m skintumor.report SWEEP` (what make cv runs after a failed fold) pools them too
+    from skintumor.report import main as report_main
+
+    (sweep / "report.md").unlink()
+    assert report_main([str(sweep), "--n-boot", "100"]) == 0
+    assert "### Explanations pooled over folds" in (sweep / "report.md").read_text()
+    # without explained folds: no section, the report as before
+    shutil.rmtree(sweep / "fold_0" / "explain")
+    shutil.rmtree(sweep / "fold_1" / "explain")
+    assert explanation_sections(sweep, console) == []

@@ -115,6 +115,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_run, masked_ma
     proc = run_train(
         *tiny_overrides(masked_manifest),
         "trainer.max_epochs=3",
+        "explain.enabled=false",
         f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
         f"hydra.run.dir={run}",
     )

@@ -101,52 +101,77 @@ def export_bundle(source: str | Path, out: str | Path, onnx: bool = False) -> Pa
         raise DataError(f"{out}: already exists and is not empty; bundles are never overwritten")
     opened = {name: FinishedRun.open(run) for name, run in runs.items()}
     first = next(iter(opened.values()))
-    contract = _contract(first)
     for run in opened.values():
-        if _contract(run) != contract:
+        if _contract(run) != _contract(first):
             raise DataError(
                 f"{run.path}: its classes or preprocessing differ from {first.path}'s; cannot be one bundle"
             )
+    return write_bundle(
+        out,
+        {name: run.classifier for name, run in opened.items()},
+        scan_area_crop=first.cropped,
+        onnx=onnx,
+        provenance={name: _provenance(run) for name, run in opened.items()},
+        details={
+            "cross_validation": _cv_metrics(source),
+            "training_data": _training_data(first),
+            "source": str(source.resolve()),
+        },
+    )
+
+
+def write_bundle(
+    out: Path,
+    members: dict[str, SkinTumorClassifier],
+    scan_area_crop: bool = False,
+    onnx: bool = False,
+    provenance: dict[str, dict] | None = None,
+    details: dict | None = None,
+) -> Path:
+    """The bundle folder of trained classifiers (name -> classifier, one preprocessing): weights,
+    ``model.json``, and with ``onnx`` each member's decision path as ONNX. ``provenance``: per member
+    (fold, seed, checkpoint); ``details``: more ``model.json`` keys (CV metrics, training data, source)."""
     out.mkdir(parents=True, exist_ok=True)
-    members = []
-    for name, run in opened.items():
+    hp = {k: _plain(v) for k, v in next(iter(members.values())).hparams.items()}
+    entries = []
+    for name, classifier in members.items():
         weights = out / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in run.classifier.state_dict().items()}, str(weights))
+        save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(weights))
         weights.chmod(0o644)  # safetensors writes owner-only; a bundle is for sharing
-        entry = {"name": name, "weights": weights.name, "sha256": sha256(weights), **_provenance(run)}
+        entry = {"name": name, "weights": weights.name, "sha256": sha256(weights), **(provenance or {}).get(name, {})}
         if onnx:
             from skintumor.deploy.onnx import export_onnx  # onnx is only needed when asked for
             from skintumor.models.module import DecisionPath
 
-            graph = export_onnx(DecisionPath(run.classifier).eval(), out / f"{name}.onnx", contract["image_size"])
+            graph = export_onnx(DecisionPath(classifier).eval(), out / f"{name}.onnx", int(hp["image_size"]))
             entry |= {"onnx": graph.name, "onnx_sha256": sha256(graph)}
-        members.append(entry)
+        entries.append(entry)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "classes": contract["classes"],
-        "preprocessing": {k: contract[k] for k in ("image_size", "mean", "std", "scan_area_crop")}
-        | {
+        "classes": list(hp["classes"]),
+        "preprocessing": {
+            "image_size": int(hp["image_size"]),
+            "mean": float(hp["mean"]),
+            "std": float(hp["std"]),
+            "scan_area_crop": bool(scan_area_crop),
             "channels": 1,
             "grey": "ITU-R 601 luma of colour images, scaled by the file's bit depth (DICOM: BitsStored)",
             "resize": "stretched to image_size x image_size, cv2.INTER_AREA",
             "normalise": "(x / 255 - mean) / std",
         },
-        "classifier": {k: _plain(first.classifier.hparams[k]) for k in CLASSIFIER_KEYS}
-        | {"net": dict(first.classifier.hparams["net"]) | {"pretrained": False, "weights_path": None}},
+        "classifier": {k: hp[k] for k in CLASSIFIER_KEYS}
+        | {"net": hp["net"] | {"pretrained": False, "weights_path": None}},
         "decision": {
-            "rule": first.classifier.hparams["decision"],
-            "tta": first.classifier.hparams["tta"],
+            "rule": hp["decision"],
+            "tta": hp["tta"],
             "ensemble": "mean over members of each member's probabilities (with its own class offsets)",
         },
-        "members": members,
-        "cross_validation": _cv_metrics(source),
-        "training_data": _training_data(first),
+        "members": entries,
         "intended_use": INTENDED_USE,
         "software": {"skintumor": skintumor.__version__, "git_commit": _git_commit(), "torch": torch.__version__},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": str(source.resolve()),
-    }
+    } | (details or {})
     (out / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 

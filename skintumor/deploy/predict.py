@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from pytorch_grad_cam.utils.image import scale_cam_image
 
 from skintumor.data.datamodule import resize_pair, to_tensor
 from skintumor.data.dicom import is_dicom
@@ -30,7 +31,7 @@ from skintumor.data.manifest import read_user_csv
 from skintumor.data.scan_area import crop_scan_area
 from skintumor.deploy.bundle import Bundle
 from skintumor.errors import ConfigError, DataError
-from skintumor.explain.cam import gradient_cam
+from skintumor.explain.cam import gradient_cam, normalise
 from skintumor.models.module import DecisionPath
 
 BACKENDS = ("torch", "onnx")
@@ -121,6 +122,8 @@ class Predictor:
             pre["scan_area_crop"],
         )
         self.paths = [DecisionPath(m.classifier).to(self.device).eval() for m in bundle.members]
+        for path in self.paths:  # inference only: Grad-CAM needs gradients of layer4 alone, not the whole trunk
+            path.net.requires_grad_(False).layer4.requires_grad_(True)
         if backend == "onnx":
             from skintumor.deploy.onnx import OnnxMember  # onnxruntime is only needed for this backend
 
@@ -150,30 +153,88 @@ class Predictor:
         maps = [gradient_cam(path.net, x, targets, "gradcam") for path in self.paths]
         return np.mean(maps, axis=0)
 
+    def predict_and_explain(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`predict_batch` and :meth:`cam` of the ensemble's decision, with one forward pass of
+        ``x`` per member instead of two: the pass that decides also keeps layer4's activations for
+        Grad-CAM (the same map as pytorch-grad-cam's, written out because the library runs its own
+        forward pass). -> probs, scores (M, B, C) and maps (B, H, W) in [0, 1]."""
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        passes = []
+        for path in self.paths:
+            kept = {}
+            hook = path.net.layer4.register_forward_hook(lambda _m, _i, out, kept=kept: kept.update(a=out))
+            try:
+                with torch.enable_grad():
+                    logits = path.net(x)
+            finally:
+                hook.remove()
+            with torch.no_grad():
+                probs, scores = path.decide(logits.detach(), x)
+            passes.append((logits, kept["a"], probs.float().cpu().numpy(), scores.float().cpu().numpy()))
+        probs, scores = np.stack([p[2] for p in passes]), np.stack([p[3] for p in passes])
+        targets = torch.as_tensor(probs.mean(axis=0).argmax(axis=1), device=x.device)
+        maps = []
+        for logits, activations, _, _ in passes:
+            (grads,) = torch.autograd.grad(logits[torch.arange(len(x)), targets].sum(), activations)
+            cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1))
+            maps.append(
+                normalise(scale_cam_image(scale_cam_image(cam.detach().float().cpu().numpy(), x.shape[:-3:-1])))
+            )
+        return probs, scores, np.mean(maps, axis=0)
+
+    def predict_images(
+        self, images: list[np.ndarray], cam: bool = False, inputs: list[Input] | None = None
+    ) -> list[Prediction]:
+        """Decoded scans ((H, W) uint8, as :func:`read_greyscale` gives them) -> one Prediction each,
+        in one batch. The step every caller shares: :meth:`predict_files` after reading its files, the
+        web page (``skintumor serve``) after decoding its uploads. ``inputs`` names the images (default
+        ``image_<i>``); an image preprocessing refuses gets status "error" and the rest still run."""
+        if inputs is None:
+            inputs = [Input(Path(f"image_{i}")) for i in range(len(images))]
+        if len(inputs) != len(images):
+            raise ValueError(f"predict_images: {len(images)} images but {len(inputs)} inputs")
+        results = [Prediction(item) for item in inputs]
+        tensors = []
+        for result, image in zip(results, images):
+            try:
+                result.image, tensor = self.preprocess(image)
+                tensors.append(tensor)
+            except DataError as err:
+                result.status, result.message = "error", str(err)
+        readable = [r for r in results if r.status == "ok"]
+        if readable:
+            x = torch.stack(tensors)
+            if cam and self.backend == "torch":
+                probs, scores, maps = self.predict_and_explain(x)
+            else:
+                probs, scores = self.predict_batch(x)
+            mean = probs.mean(axis=0)
+            if cam and self.backend != "torch":
+                maps = self.cam(x, mean.argmax(axis=1).tolist())
+            elif not cam:
+                maps = [None] * len(readable)
+            for i, result in enumerate(readable):
+                result.probs, result.spread = mean[i], probs[:, i].std(axis=0)
+                result.scores, result.pred = scores[:, i].mean(axis=0), self.classes[int(mean[i].argmax())]
+                result.cam = maps[i]
+        return results
+
     def predict_files(
         self, inputs: list[Input], batch_size: int = 32, cam: bool = False, progress: bool = True
     ) -> list[Prediction]:
         """Predict every input; an unreadable file gets status "error" and the rest still run."""
-        results = [Prediction(item) for item in inputs]
+        results: list[Prediction] = []
         with _progress(len(inputs), progress) as advance:
-            for batch in _chunks(results, batch_size):
-                tensors = []
-                for result in batch:
+            for batch in _chunks(inputs, batch_size):
+                images, read, failed = [], [], {}
+                for i, item in enumerate(batch):
                     try:
-                        result.image, tensor = self.preprocess(read_greyscale(result.input.path))
-                        tensors.append(tensor)
+                        images.append(read_greyscale(item.path))
+                        read.append(item)
                     except DataError as err:
-                        result.status, result.message = "error", str(err)
-                readable = [r for r in batch if r.status == "ok"]
-                if readable:
-                    x = torch.stack(tensors)
-                    probs, scores = self.predict_batch(x)
-                    mean = probs.mean(axis=0)
-                    maps = self.cam(x, mean.argmax(axis=1).tolist()) if cam else [None] * len(readable)
-                    for i, result in enumerate(readable):
-                        result.probs, result.spread = mean[i], probs[:, i].std(axis=0)
-                        result.scores, result.pred = scores[:, i].mean(axis=0), self.classes[int(mean[i].argmax())]
-                        result.cam = maps[i]
+                        failed[i] = Prediction(item, "error", str(err))
+                predicted = iter(self.predict_images(images, cam, read) if read else [])
+                results += [failed[i] if i in failed else next(predicted) for i in range(len(batch))]
                 advance(len(batch))
         return results
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,11 @@ def write_figures(sweep: Sweep, result: dict, out_dir: Path) -> dict[str, str]:
     return {k: v.relative_to(out_dir).as_posix() for k, v in made.items()}
 
 
-def report_document(sweep: Sweep, result: dict, figure_paths: dict[str, str]) -> Document:
+def report_document(
+    sweep: Sweep, result: dict, figure_paths: dict[str, str], sections: Sequence[Document] = ()
+) -> Document:
+    """The report; ``sections``: finished parts from elsewhere (e.g. the explanations pooled over the
+    folds, :mod:`skintumor.explain.pooled`), each under its title after the figures."""
     classes = sweep.classes
     doc = Document(f"Cross-validation report: {sweep.name}")
     doc.text(
@@ -186,6 +191,9 @@ def report_document(sweep: Sweep, result: dict, figure_paths: dict[str, str]) ->
     if sweep.explain:
         doc.heading("Explanations")
         doc.bullets([f"fold {k}: [{link}]({link})" for k, link in sorted(sweep.explain.items())])
+    for section in sections:
+        doc.heading(section.title, 3 if sweep.explain else 2)
+        doc.blocks += section.blocks
 
     doc.heading("How the numbers are computed")
     mixed = result["patient"]["mixed_label_patients"]
@@ -242,15 +250,21 @@ def json_safe(value):
 
 
 def build_report(
-    sweep_dir: str | Path, n_boot: int = 2000, seed: int = 0, n_bins: int = ECE_BINS, console=None
+    sweep_dir: str | Path,
+    n_boot: int = 2000,
+    seed: int = 0,
+    n_bins: int = ECE_BINS,
+    console=None,
+    sections: Sequence[Document] = (),
 ) -> dict:
     """Load a sweep, compute everything, write ``report.md``, ``report.html``, ``figures/`` and
-    ``metrics_cv.json`` into the sweep directory, print the main table; returns the numbers."""
+    ``metrics_cv.json`` into the sweep directory, print the main table; returns the numbers.
+    ``sections``: parts written elsewhere, rendered as they are (see :func:`report_document`)."""
     sweep = load_sweep(sweep_dir)
     result = evaluate_sweep(sweep, n_boot=n_boot, seed=seed, n_bins=n_bins)
     figure_paths = write_figures(sweep, result, sweep.directory)
     result["figures"] = figure_paths
-    report_document(sweep, result, figure_paths).write(sweep.directory, "report")
+    report_document(sweep, result, figure_paths, sections).write(sweep.directory, "report")
     (sweep.directory / "metrics_cv.json").write_text(json.dumps(json_safe(result), indent=2), encoding="utf-8")
     print_summary(result, console)
     return result

@@ -11,7 +11,7 @@ from rich.markup import escape
 from skintumor.errors import DataError
 from skintumor.explain.cam import METHODS
 from skintumor.explain.faithfulness import PERCENTILES
-from skintumor.explain.run import ExplainSettings, explain_run
+from skintumor.explain.run import ROAD_IMAGES, ExplainSettings, explain_run, road_cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threshold", type=float, default=0.5, help="IoU threshold, share of the map's maximum")
     parser.add_argument(
-        "--road-images", type=int, default=40, help="ROAD on N test images spread over the fold (0: off)"
+        "--road-images",
+        type=int,
+        default=ROAD_IMAGES,
+        help=f"ROAD on N test images spread over the fold (0: off). Default {ROAD_IMAGES}: on a 140-image fold at "
+        "128 px ROAD then adds about the time of the maps themselves (8 sparse solves and 9 forwards per image "
+        "and map; python -m benchmarks.explain_speed measures it); more images, more power for its tests",
     )
     parser.add_argument(
         "--road-percentiles",
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         "--overlays", type=int, default=None, help="overlay PNGs for the first N test images (default all)"
     )
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--road-workers", type=int, default=None, help="threads for ROAD's sparse solves (default: torch's threads)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing explain folder's files")
     args = parser.parse_args(argv)
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         overlays=args.overlays,
         batch_size=args.batch_size,
         seed=args.seed,
+        road_workers=args.road_workers,
     )
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
@@ -71,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or f"{args.run_dir}/explain"
     console.print(
-        f"explained {result['n_test']} test images ({result['n_with_mask']} with a lesion mask) -> {escape(out)}",
+        f"explained {result['n_test']} test images ({result['n_with_mask']} with a lesion mask) in "
+        f"{result['seconds']['total']:.1f} s -> {escape(out)}",
         highlight=False,
     )
+    console.print(road_cost(result), highlight=False)
     return 0
 
 

@@ -298,7 +298,11 @@ class DecisionPath(nn.Module):
         self.register_buffer("offsets", classifier.decision_offsets.detach().clone().float())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = torch.softmax(self.net(x).float(), dim=1)
+        return self.decide(self.net(x), x)
+
+    def decide(self, logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` from the network's logits of ``x`` (B, C), already computed."""
+        scores = torch.softmax(logits.float(), dim=1)
         if self.tta:  # fixed when the graph is built
             scores = (scores + torch.softmax(self.net(torch.flip(x, dims=[-1])).float(), dim=1)) / 2
         probs = torch.softmax(scores.clamp(min=1e-12).log() + self.offsets, dim=1)
