@@ -204,15 +204,12 @@ class Predictor:
         readable = [r for r in results if r.status == "ok"]
         if readable:
             x = torch.stack(tensors)
-            if cam and self.backend == "torch":
+            if cam and self.backend == "torch":  # one forward pass decides and explains
                 probs, scores, maps = self.predict_and_explain(x)
             else:
                 probs, scores = self.predict_batch(x)
+                maps = self.cam(x, probs.mean(axis=0).argmax(axis=1).tolist()) if cam else [None] * len(readable)
             mean = probs.mean(axis=0)
-            if cam and self.backend != "torch":
-                maps = self.cam(x, mean.argmax(axis=1).tolist())
-            elif not cam:
-                maps = [None] * len(readable)
             for i, result in enumerate(readable):
                 result.probs, result.spread = mean[i], probs[:, i].std(axis=0)
                 result.scores, result.pred = scores[:, i].mean(axis=0), self.classes[int(mean[i].argmax())]

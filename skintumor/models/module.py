@@ -129,17 +129,13 @@ class SkinTumorClassifier(L.LightningModule):
         """
         if logits is None:
             logits = self.model(x)
-        probs = torch.softmax(logits.float(), dim=1)
-        if self.hparams.tta == "hflip":
-            mirrored = self.model(torch.flip(x, dims=[-1]))  # width axis
-            probs = (probs + torch.softmax(mirrored.float(), dim=1)) / 2
-        return probs
+        return tta_probabilities(self.model, logits, x, self.hparams.tta == "hflip")
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """(B, C) probabilities -> (B, C) with the class offsets added to their logarithms (argmax = decision)."""
         if not self.decision_offsets.any():
             return probs
-        return torch.softmax(probs.clamp(min=1e-12).log() + self.decision_offsets, dim=1)
+        return with_offsets(probs, self.decision_offsets)
 
     def predict_proba(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, H, W) -> probabilities (B, C) as validation and test decide with them (TTA, offsets)."""
@@ -302,11 +298,23 @@ class DecisionPath(nn.Module):
 
     def decide(self, logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` from the network's logits of ``x`` (B, C), already computed."""
-        scores = torch.softmax(logits.float(), dim=1)
-        if self.tta:  # fixed when the graph is built
-            scores = (scores + torch.softmax(self.net(torch.flip(x, dims=[-1])).float(), dim=1)) / 2
-        probs = torch.softmax(scores.clamp(min=1e-12).log() + self.offsets, dim=1)
-        return probs, scores
+        scores = tta_probabilities(self.net, logits, x, self.tta)  # self.tta is fixed when the graph is built
+        return with_offsets(scores, self.offsets), scores
+
+
+def tta_probabilities(net: nn.Module, logits: torch.Tensor, x: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """The network's probabilities (B, C) from its logits of ``x`` (B, C); with ``hflip``, the mean
+    with those of the left-right mirror image (one more forward pass)."""
+    probs = torch.softmax(logits.float(), dim=1)
+    if hflip:
+        mirrored = net(torch.flip(x, dims=[-1]))  # width axis
+        probs = (probs + torch.softmax(mirrored.float(), dim=1)) / 2
+    return probs
+
+
+def with_offsets(probs: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(B, C) probabilities with the class ``offsets`` (C,) added to their logarithms, renormalised."""
+    return torch.softmax(probs.clamp(min=1e-12).log() + offsets, dim=1)
 
 
 def build_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
