@@ -9,7 +9,7 @@ NAME   ?= cv
 SEARCH_ARGS ?=
 TRAIN_ARGS  ?=
 
-.PHONY: help install train cv search paper test test-slow test-e2e test-cov lint format clean
+.PHONY: help install train cv search paper sync test test-slow test-e2e test-cov lint format docs docs-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ paper: $(STAMP)  ## the study's protocol: policy search per outer fold, then CV 
 	test -f $$dir/report.md || $(PY) -m skintumor.report $$dir; \
 	echo "sweep directory: $$dir"; exit $$status
 
+sync: $(STAMP)  ## upload a sweep's offline W&B runs, training runs first (make sync SWEEP=outputs/cv/<name>)
+	@test -n "$(SWEEP)" || { echo "usage: make sync SWEEP=<sweep or run directory>"; exit 2; }
+	$(PY) -m skintumor.loggers $(SWEEP)
+
 search: $(STAMP)  ## learn an augmentation policy for one outer fold (make search ARGS="data.fold=1")
 	$(PY) -m skintumor.search $(ARGS)
 
@@ -62,6 +66,12 @@ lint: $(STAMP)  ## ruff: lint and format check (make format fixes what it can)
 format: $(STAMP)  ## ruff: sort imports, fix what is safe, format
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+docs: $(STAMP)  ## build the documentation site into site/ (mkdocs --strict: a broken link or a warning fails)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)  ## the documentation site at http://127.0.0.1:8001/, rebuilt on every edit (ARGS to mkdocs serve)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8001 $(ARGS)
 
 clean:  ## remove caches and the venv (outputs/ is kept: it holds your runs)
 	rm -rf $(VENV) .pytest_cache *.egg-info

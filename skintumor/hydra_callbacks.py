@@ -10,11 +10,15 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+
+from skintumor.rundir import failed_since
 
 
 class CrossValidationReport(Callback):
@@ -34,8 +38,39 @@ class CrossValidationReport(Callback):
 
     def __init__(self, n_boot: int = 2000, seed: int = 0):
         self.n_boot, self.seed = int(n_boot), int(seed)
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Keep the ``multirun.yaml`` of an earlier launch into this sweep (as ``multirun_<time>.yaml``):
+        Hydra writes its own over it next."""
+        self.started = time.time()
+        # resolve ${now:...} in sweep_name once, here: Hydra hands this cache to every job, so all folds share
+        # one name (their W&B group) even when hydra.sweep.dir is given and never resolves it
+        OmegaConf.select(config, "sweep_name")
+        previous = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
+        if previous.is_file():
+            stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(previous.stat().st_mtime))
+            previous.rename(previous.with_name(f"multirun_{stamp}.yaml"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.write_report(config)
+        from skintumor.loggers import log_sweep_summary  # W&B: the report as the sweep's summary run (never raises)
+
+        log_sweep_summary(Path(str(config.hydra.sweep.dir)))
+        failed = failed_since(Path(str(config.hydra.sweep.dir)), self.started)
+        if failed:  # after the report: a failed fold costs only that fold
+            console = Console(stderr=True)
+            for job, line in failed.items():
+                console.print(f"[bold red]{job} failed:[/] {line}", soft_wrap=True, highlight=False)
+            console.print(
+                f"{len(failed)} job(s) failed; the same command again retries them (finished folds are skipped, "
+                "interrupted ones resume)",
+                soft_wrap=True,
+            )
+            sys.exit(1)  # SystemExit passes Hydra's callback guard: the command's exit status says it
+
+    def write_report(self, config: DictConfig) -> None:
+        """The sweep's report (and each member's, for an ensemble sweep)."""
         subdir = str(config.hydra.sweep.subdir)
         members = "/" in subdir and Path(subdir).name.startswith("fold_")
         if not (subdir.startswith("fold_") or members):

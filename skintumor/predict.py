@@ -34,6 +34,9 @@ def export_main(argv: list[str] | None = None) -> int:
         "--out", type=Path, required=True, help="the bundle folder to create (must not exist or be empty)"
     )
     parser.add_argument("--onnx", action="store_true", help="also write each member's decision path as ONNX")
+    parser.add_argument(
+        "--no-wandb", action="store_true", help="do not log the bundle to W&B (done when the folds were logged there)"
+    )
     return exit_code(lambda: export(parser.parse_args(argv)))
 
 
@@ -43,6 +46,10 @@ def export(args: argparse.Namespace) -> int:
     out = export_bundle(args.source, args.out, onnx=args.onnx)
     bundle = load_bundle(out)  # what was written reads back
     Console().print(f"bundle: {out} ({len(bundle.members)} member(s): {', '.join(m.name for m in bundle.members)})")
+    if not getattr(args, "no_wandb", False):
+        from skintumor.loggers import log_bundle
+
+        log_bundle(out, args.source)  # an export run whose bundle artifact uses the folds' model artifacts
     return 0
 
 

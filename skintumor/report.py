@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from skintumor.cli import print_user_error
 from skintumor.errors import DataError
 from skintumor.evaluate.metrics import ECE_BINS
 
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.sweeps[0], n_boot=args.n_boot, seed=args.seed, n_bins=args.bins, console=console, sections=sections
             )
             console.print(f"wrote {args.sweeps[0]}/report.md, report.html, figures/, metrics_cv.json")
+            from skintumor.loggers import log_sweep_summary
+
+            log_sweep_summary(args.sweeps[0])  # W&B (when the folds were logged there): the summary run
         else:
             from skintumor.evaluate.compare import build_comparison
 
@@ -78,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                 console=console,
             )
             console.print(f"wrote {result['out_dir']}/comparison.md, comparison.html, comparison.json")
+            from skintumor.loggers import log_comparison
+
+            log_comparison(result["out_dir"], args.sweeps[0], args.sweeps[1])  # W&B: a compare run
     except DataError as err:
-        console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        print_user_error(err)  # one red line on stderr, as every command
         return 2
     return 0
 

@@ -50,7 +50,7 @@ def run_search(cfg: DictConfig) -> Path:
     datamodule.setup()
     manifest = datamodule.manifest
     folds = PatientGroupedFolds(
-        manifest.labels, manifest.groups, cfg.data.n_folds, cfg.data.val_fraction, cfg.data.seed
+        manifest.labels, manifest.groups, cfg.data.n_folds, cfg.data.val_fraction, cfg.data.seed, manifest.classes
     )
 
     def load_images(indices):

@@ -12,44 +12,77 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import DictConfig, OmegaConf
 
 from skintumor.augment import build_augmentation
-from skintumor.cli import one_line_user_errors
+from skintumor.cli import one_line_user_errors, print_user_error
 from skintumor.cpu import bf16_is_emulated
 from skintumor.data.datamodule import UltrasoundDataModule
-from skintumor.errors import ConfigError, DataError
+from skintumor.errors import ConfigError
 from skintumor.evaluate.predictions import write_predictions
+from skintumor.loggers import log_fold
 from skintumor.models.module import SkinTumorClassifier
+from skintumor.rundir import (
+    clear_failure,
+    discard_unstarted,
+    mark_started,
+    record_failure,
+    register_resolvers,
+    run_start,
+)
 
 if TYPE_CHECKING:
     from skintumor.explain.run import ExplainSettings
 
 log = logging.getLogger(__name__)
+register_resolvers()  # ${unique_dir:...} in conf/hydra/default.yaml
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with one_line_user_errors():
+    """A single run: a user's error is one line (exit 2) and a run that never started leaves no directory.
+    A fold of a multirun: any failure is written to the fold's ``error.txt`` and the sweep goes on; its
+    report names the fold and the command exits 1 (:class:`skintumor.hydra_callbacks.CrossValidationReport`)."""
+    started, out = time.time(), Path(cfg.paths.output_dir)
+    send_lightning_logs_to_run_log()
+    try:
         return train(cfg)
+    except Exception as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            discard_unstarted(out, started)
+            with one_line_user_errors():
+                raise
+        line = record_failure(out, err)
+        if not print_user_error(err):
+            log.exception("this fold failed; the others go on")
+        log.error("%s failed: %s (details: %s)", out.name, line, out / "error.txt")
+        return None
 
 
 def train(cfg: DictConfig) -> float | None:
     """Fit on the fold's training part, select on its validation part, test once. Returns the chosen
     checkpoint's validation score (what a Hydra sweeper would optimise)."""
     out = Path(cfg.paths.output_dir)
-    check_run_settings(cfg, out)
+    check_run_settings(cfg)
+    start = run_start(cfg, out)
+    if start.state == "finished":
+        log.info("%s: finished run, skipped (its results stay as they are)", out)
+        return finished_score(cfg, out)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data, augment=build_augmentation(**cfg.augment), _convert_="all")
     datamodule.setup()  # decode once, split by patient groups (bad files raise DataError here)
-    datamodule.write_split(out)
     model = hydra.utils.instantiate(
         cfg.model,
         classes=datamodule.classes,
@@ -59,29 +92,70 @@ def train(cfg: DictConfig) -> float | None:
         std=cfg.data.std,
         _convert_="all",
     )
+    if rank_zero_only.rank == 0:
+        mark_started(cfg, out, start)  # from here on the directory is this run's (run.yaml)
+        clear_failure(out)
+        datamodule.write_split(out)
     trainer = build_trainer(cfg)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=start.resume_from or None)
     chosen = tested_checkpoint(trainer, cfg.test_checkpoint)
     score = validate_and_decide(trainer, model, datamodule, chosen, out) if chosen else None
     if cfg.get("test", True):
         test_once(trainer, model, datamodule, chosen, out)
         explain_test_fold(cfg, out, trainer.is_global_zero and bool(chosen))
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.finish()
+    log_fold(trainer, out, cfg)  # W&B: the fold's plots, tables and artifacts, then the run ends (never raises)
     return score
 
 
-def check_run_settings(cfg: DictConfig, out: Path) -> None:
-    """Refuse, before any work, settings that cannot work and a run directory that holds a run."""
+def check_run_settings(cfg: DictConfig) -> None:
+    """Refuse, before any work, settings that cannot work."""
     if cfg.test_checkpoint not in ("best", "last"):
         raise ConfigError(f"test_checkpoint={cfg.test_checkpoint}: must be best or last")
     if cfg.test_checkpoint == "last" and not (cfg.get("callbacks") or {}).get("last_checkpoint"):
         raise ConfigError("test_checkpoint=last needs callbacks.last_checkpoint (it writes the final epoch)")
-    if (out / "checkpoints").exists() and not cfg.get("ckpt_path"):
-        raise DataError(f"{out}: run directory already holds checkpoints; runs are never overwritten")
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("sync_batchnorm") and trainer.get("accelerator") == "cpu":
+        raise ConfigError(
+            "trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm is CUDA-only): add trainer.sync_batchnorm=false"
+        )
     explain_settings(cfg)  # a wrong explain.* setting fails now, not after the training
+
+
+def finished_score(cfg: DictConfig, out: Path) -> float | None:
+    """The monitored validation score a finished run recorded (what :func:`train` returned when it ran)."""
+    monitor = ((cfg.get("callbacks") or {}).get("model_checkpoint") or {}).get("monitor")
+    metrics = json.loads((out / "metrics_val.json").read_text()) if (out / "metrics_val.json").is_file() else {}
+    return metrics.get(monitor) if monitor else None
+
+
+def start_ddp_ranks_in_this_run() -> None:
+    """DDP (``trainer=ddp``) starts ranks 1.. as new processes of this command. Lightning builds their
+    command from the process's arguments and ``hydra.run.dir``, which in a multirun would start a whole
+    sweep per rank in a new directory; here each rank runs this job: its overrides, its directory."""
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    def this_job(local_rank: int) -> tuple[list[str], str]:
+        job = HydraConfig.get()
+        command = [sys.executable, "-m", "skintumor.train", *job.overrides.task]
+        command += [
+            f"hydra.run.dir={job.runtime.output_dir}",
+            f"hydra.job.name={job.job.name}_rank{local_rank}",
+            "hydra.output_subdir=null",
+        ]
+        return command, job.runtime.cwd
+
+    subprocess_script._hydra_subprocess_cmd = this_job
+
+
+def send_lightning_logs_to_run_log() -> None:
+    """Lightning's messages (seed, devices, checkpoint restored...) also go to the run's ``train.log``:
+    Lightning stops them at its own console handler when it is imported before Hydra sets up logging."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logging.getLogger().handlers:
+            logger.handlers = [h for h in logger.handlers if type(h) is not logging.StreamHandler]
+            logger.propagate = True
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -92,6 +166,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         for name, c in (cfg.get("callbacks") or {}).items()
         if c and (loggers or name != "lr_monitor")
     ]  # LR monitor needs a logger
+    start_ddp_ranks_in_this_run()
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     if warning := emulated_bf16_warning(trainer):
         log.warning(warning)

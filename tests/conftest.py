@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning  # noqa: F401 - imported before any test captures stderr: its log handler keeps the real one
 import numpy as np
 import pytest
 from PIL import Image

@@ -255,7 +255,7 @@ def test_unusable_predictions_file_counts_as_missing(tmp_path):
 
 def test_cli_reports_bad_directory_in_one_line(tmp_path, capsys):
     assert report_main([str(tmp_path / "nope")]) == 2
-    assert "sweep directory not found" in capsys.readouterr().out
+    assert "sweep directory not found" in capsys.readouterr().err
 
 
 # --- comparison --------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ def test_sweep_dir_and_wandb_group_share_the_sweep_name():
     assert sweep_dir.parent == Path("/runs") / cfg.task_name / "multiruns"
     assert sweep_dir.name == cfg.sweep_name == cfg.logger.wandb.group
     assert cfg.sweep_name.startswith(cfg.task_name + "_")
-    assert cfg.logger.wandb.name == cfg.logger.wandb.job_type == "fold_3"
+    assert cfg.logger.wandb.name == "fold_3" and cfg.logger.wandb.job_type == cfg.task_name  # docs/wandb.md
     for launcher, target in (("parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher")):
         assert compose_train(f"hydra/launcher={launcher}").hydra.launcher._target_.endswith(target)
 

@@ -110,19 +110,22 @@ def test_test_checkpoint_last_validates_decides_and_tests_the_final_epoch(tiny_r
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_run, masked_manifest, tmp_path):
+    # the shared run as if stopped after its two epochs, before its test: the same command continues it
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("metrics_*.json", "predictions_test.csv", "explain"))
+    rows_before = pd.read_csv(run / "csv" / "metrics.csv")
     proc = run_train(
-        *tiny_overrides(masked_manifest),
-        "trainer.max_epochs=3",
-        "explain.enabled=false",
-        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={run}",
+        *tiny_overrides(masked_manifest), "trainer.max_epochs=3", "explain.enabled=false", f"hydra.run.dir={run}"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 2  # one more epoch, from where it stopped
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    rows_after = pd.read_csv(run / "csv" / "metrics.csv")
+    assert len(rows_after) > len(rows_before)  # the resumed run's rows are added to the history, not instead of it
+    pd.testing.assert_frame_equal(rows_after.iloc[: len(rows_before)][rows_before.columns], rows_before)
+    assert "resuming the interrupted run" in (run / "train.log").read_text()
+    assert (run / "predictions_test.csv").is_file()
 
 
 @pytest.mark.slow
@@ -142,12 +145,13 @@ def test_weights_only_checkpoints_are_a_third_and_still_load(tiny_run, masked_ma
     assert json.loads((tmp_path / "w" / "metrics_test.json").read_text())["checkpoint"] == "checkpoints/best.ckpt"
 
 
-def test_run_directory_is_never_overwritten(tiny_folder, tmp_path, capsys):
+def test_a_directory_of_no_run_is_never_written_into(tiny_folder, tmp_path, capsys):
     checkpoint = tmp_path / "r" / "checkpoints" / "best.ckpt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"a user's run")
     err = user_error_in_process(capsys, tmp_path, "data=folder", f"data.root={tiny_folder}", "debug=fdr")
-    assert "never overwritten" in err and checkpoint.read_bytes() == b"a user's run"
+    assert "not a run directory (it holds checkpoints)" in err and checkpoint.read_bytes() == b"a user's run"
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoints"]
 
 
 def test_fast_dev_run_plain_resnet(tiny_folder, tmp_path):
@@ -176,6 +180,7 @@ def test_bad_data_is_one_clear_line(tmp_path):
     proc = run_train("data=folder", f"data.root={tmp_path / 'data'}", "debug=fdr", f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2
     assert "a.png: file is empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()  # a run that never started leaves no directory behind
 
 
 def user_error_in_process(capsys, tmp_path, *overrides) -> str:

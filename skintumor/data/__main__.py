@@ -2,8 +2,9 @@
 
 SOURCE is a folder (BUSI layout, DICOM or class folders, detected from its files unless
 ``--source`` says) or a CSV manifest. Prints images and patients per class, image sizes, masks,
-duplicate groups, label conflicts and every unreadable file. Exit status: 0 clean (warnings
-allowed), 1 bad files found, 2 a source could not be read at all.
+duplicate groups, label conflicts, and every unreadable file or repeated row as a line on stderr.
+Exit status: 0 clean (warnings allowed), 1 bad files or a problem that stops training (one class
+only) found, 2 a source could not be read at all.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from skintumor.data.check import CheckReport, load_and_check
 from skintumor.data.dedup import DEFAULT_MAX_DISTANCE
 from skintumor.data.dicom import MULTIFRAME_RULES, is_dicom
 from skintumor.data.sources import BUSI_MASK_PATTERN
-from skintumor.errors import DataError
+from skintumor.errors import ConfigError, DataError
 
 
 def detect_source(path: Path) -> str:
@@ -109,9 +110,12 @@ def print_report(report: CheckReport, console: Console, shown: int = 20) -> None
             console.print(conflicts)
     for line in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
-    for line in report.errors:
-        console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
-    verdict = "[green]OK[/green]" if report.ok else f"[red]{len(report.errors)} bad file(s)[/red]"
+    errors = Console(stderr=True, soft_wrap=True)  # the report on stdout, each error a line on stderr
+    for line in report.errors + report.problems:
+        errors.print(f"[red]error:[/red] {escape(line)}", highlight=False)
+    found = [f"{len(report.errors)} bad file(s)"] * bool(report.errors)
+    found += [f"{len(report.problems)} problem(s) that stop training"] * bool(report.problems)
+    verdict = "[green]OK[/green]" if report.ok else f"[red]{', '.join(found)}[/red]"
     console.print(f"{verdict}  ({report.seconds:.1f} s)")
 
 
@@ -162,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress=console.is_terminal,
                 **source_options(path, kind, args),
             )
-        except (DataError, OSError) as err:
-            console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        except (DataError, ConfigError, OSError) as err:
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
             status = max(status, 2)
             continue
         print_report(report, console, shown=args.show)

@@ -46,7 +46,10 @@ class CheckReport:
         manifest: the manifest checked (rows unchanged).
         classes: DataFrame ``class, images, patients, masks, empty_masks`` (one row per class).
         sizes: DataFrame ``height, width`` per row (NaN where the image could not be read).
-        errors: one line per bad file, naming it (unreadable image, unreadable or mis-sized mask).
+        errors: one line per bad file, naming it (unreadable image, unreadable or mis-sized mask, an
+            image listed in more than one row).
+        problems: one line per problem of the data as a whole that stops training (fewer than two
+            classes with images), naming the data's root.
         warnings: one line per suspicious finding that does not stop training.
         duplicates: near-duplicate report over the readable rows (row indices of ``manifest``),
             or None when dedup was off.
@@ -60,13 +63,17 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     duplicates: DuplicateReport | None = None
     seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.problems
 
     def raise_for_errors(self, shown: int = 5) -> None:
-        """Raise one :class:`DataError` naming the bad files (the first ``shown``, then a count)."""
+        """Raise one :class:`DataError` naming the bad files (the first ``shown``, then a count), or the
+        first problem of the data as a whole."""
+        if self.problems and not self.errors:
+            raise DataError(self.problems[0])
         if self.errors:
             more = f"; and {len(self.errors) - shown} more" if len(self.errors) > shown else ""
             raise DataError(
@@ -181,7 +188,14 @@ def check_manifest(
             "empty_masks": [int(empty[table["label"] == c].sum()) for c in manifest.classes],
         }
     )
-    report = CheckReport(manifest, classes, sizes, list(decoded.errors), _warnings(manifest, classes, has_mask))
+    errors = list(decoded.errors) + _repeated_rows(manifest)
+    report = CheckReport(manifest, classes, sizes, errors, _warnings(manifest, classes, has_mask))
+    with_images = classes.loc[classes["images"] > 0, "class"].tolist()
+    if len(with_images) < 2:
+        report.problems.append(
+            f"{manifest.root}: every image is of class {', '.join(with_images)}; a classifier needs images of "
+            "at least two classes (class folders: one sub-folder per class; a CSV: its label column)"
+        )
     if dedup and decoded.hashes is not None and len(readable) > 1:
         found = find_duplicates(manifest.subset(readable), hashes=decoded.hashes[readable], max_distance=max_distance)
         report.duplicates = _reindex(found, np.asarray(readable), len(manifest))
@@ -191,6 +205,25 @@ def check_manifest(
             )
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _repeated_rows(manifest: Manifest) -> list[str]:
+    """One error per image listed in more than one row, naming the file and the rows (numbered as in
+    a spreadsheet of the CSV: the header is row 1): an image is one row, or the copies would be
+    trained on twice, and could sit on both sides of a split under two patient ids."""
+    table = manifest.table
+    repeated = table[table["path"].duplicated(keep=False)]
+    found = []
+    for path, rows in repeated.groupby("path", sort=False):
+        shown = [str(i + 2) for i in rows.index[:5]]
+        numbers = ", ".join(shown[:-1]) + " and " + shown[-1] + (" ..." if len(rows) > 5 else "")
+        differ = [c for c in rows.columns if rows[c].nunique() > 1]
+        how = f"with different {', '.join(differ)}" if differ else "identical"
+        found.append(
+            f"{manifest.root / path}: listed in {len(rows)} rows of the manifest ({how}: rows {numbers}, the header "
+            "being row 1); an image has one row (several masks: join them with ';' in mask_path)"
+        )
+    return found
 
 
 def _warnings(manifest: Manifest, classes: pd.DataFrame, has_mask: pd.Series) -> list[str]:

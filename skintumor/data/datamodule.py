@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,8 +19,8 @@ from skintumor.data.dedup import DEFAULT_MAX_DISTANCE
 from skintumor.data.folds import PatientGroupedFolds, Split, assert_disjoint_groups
 from skintumor.data.images import read_greyscale, read_mask
 from skintumor.data.manifest import Manifest, warn_mixed_label_patients
-from skintumor.data.sources import load_source
-from skintumor.errors import ConfigError
+from skintumor.data.sources import check_source_settings, load_source
+from skintumor.errors import ConfigError, DataError
 
 SAMPLERS = (None, "balanced")
 Augment = Callable[..., dict]  # albumentations-style: augment(image=uint8 HxW) -> {"image": uint8 HxW}
@@ -60,6 +61,32 @@ def to_tensor(image: np.ndarray, mean: float, std: float) -> torch.Tensor:
     """(H, W) uint8 -> (1, H, W) float: scaled to [0, 1], then ``(x - mean) / std`` (the input contract)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
     return ((x - mean) / std).unsqueeze(0)
+
+
+MIN_IMAGE_SIZE = 32  # ResNet18 halves the image five times: below 32 px layer4 has no pixel left to see
+MAX_IMAGE_SIZE = 4096  # 4x an ultrasound frame's resolution; ResNet18 would need about 1 GB of activations per image
+
+
+def check_loader_settings(image_size, batch_size, num_workers, std) -> None:
+    """ConfigError naming the ``data.*`` setting that cannot work, with what it can be, before any image is read."""
+    ranges = (
+        (
+            "image_size",
+            image_size,
+            MIN_IMAGE_SIZE,
+            MAX_IMAGE_SIZE,
+            " px (a ResNet needs at least 32 px: it halves the image five times)",
+        ),
+        ("batch_size", batch_size, 1, None, ""),
+        ("num_workers", num_workers, 0, None, ""),
+    )
+    for name, value, least, most, unit in ranges:
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not whole or value < least or (most is not None and value > most):
+            allowed = f"{least}..{most}" if most is not None else f"at least {least}"
+            raise ConfigError(f"data.{name}={value!r}: must be a whole number, {allowed}{unit}")
+    if not isinstance(std, numbers.Real) or isinstance(std, bool) or not std > 0:
+        raise ConfigError(f"data.std={std!r}: must be a number above 0 (images are divided by it)")
 
 
 class CachedImageDataset(Dataset):
@@ -159,6 +186,9 @@ class UltrasoundDataModule(L.LightningDataModule):
         super().__init__()
         if sampler not in SAMPLERS:
             raise ConfigError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+        check_loader_settings(image_size, batch_size, num_workers, std)
+        if manifest is None:
+            check_source_settings(source, root, options or {})
         self.sampler, self.sampler_seed = sampler, sampler_seed
         self.source, self.root, self.options = source, root, dict(options or {})
         self.fold, self.n_folds, self.val_fraction, self.seed = fold, n_folds, val_fraction, seed
@@ -194,7 +224,9 @@ class UltrasoundDataModule(L.LightningDataModule):
         )
         self.manifest, self.images, self.masks = prepared.manifest, prepared.images, prepared.masks
         manifest = self.manifest
-        folds = PatientGroupedFolds(manifest.labels, manifest.groups, self.n_folds, self.val_fraction, self.seed)
+        folds = PatientGroupedFolds(
+            manifest.labels, manifest.groups, self.n_folds, self.val_fraction, self.seed, classes=manifest.classes
+        )
         self.split = folds.split(self.fold, self.inner_fold, self.nested)
         assert_disjoint_groups(self.split, self.manifest.table["patient_id"])  # patients too, not only groups
 
@@ -208,9 +240,9 @@ class UltrasoundDataModule(L.LightningDataModule):
         return np.bincount(labels, minlength=len(self.classes)).tolist()
 
     def write_split(self, run_dir: str | Path) -> None:
-        """Write ``manifest.csv`` and ``split.json`` so report and explain never recompute folds."""
+        """Write ``manifest.csv`` and ``split.json`` so report and explain never recompute folds. A file of
+        that name with other contents (a user's data folder, another run) is never replaced: DataError."""
         run_dir = Path(run_dir)
-        self.manifest.to_csv(run_dir / "manifest.csv")
         info = self.split.as_dict() | {
             "manifest": "manifest.csv",
             "root": str(Path(self.manifest.root).resolve()),
@@ -221,7 +253,14 @@ class UltrasoundDataModule(L.LightningDataModule):
             "inner_fold": self.inner_fold,
             "nested": self.nested,
         }
-        (run_dir / "split.json").write_text(json.dumps(info))
+        files = {"manifest.csv": self.manifest.table.to_csv(index=False), "split.json": json.dumps(info)}
+        for name, text in files.items():
+            path = run_dir / name
+            if path.exists() and path.read_text() != text:
+                raise DataError(f"{path}: exists with other contents; a run never replaces a file it did not write")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (run_dir / name).write_text(text)
 
     # -- loaders -------------------------------------------------------------------------------
     def _dataset(self, part: str, augment: Augment | None) -> CachedImageDataset:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skintumor.data.pixels import to_uint8_grey
+from skintumor.data.pixels import check_pixel_count, to_uint8_grey
 from skintumor.errors import DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -70,6 +70,11 @@ def read_dicom_grey(path: str | Path) -> np.ndarray:
                 f"{path}: not a readable DICOM file (no DICM header, no SOP class: another format named .dcm?)"
             )
         raise DataError(f"{path}: DICOM file has no pixel data (a report or structured document?)")
+    try:
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError):
+        rows = columns = 0  # a bad header: pixel decoding below says what is wrong
+    check_pixel_count(path, columns, rows)  # before a pixel is decoded
     frames = number_of_frames(ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
@@ -90,10 +95,13 @@ def read_dicom_grey(path: str | Path) -> np.ndarray:
     bits = int(ds.get("BitsStored", array.dtype.itemsize * 8) or 8)
     if np.issubdtype(array.dtype, np.signedinteger):  # signed storage: shift to 0..2**bits-1
         array = array.astype(np.int64) + (1 << (bits - 1))
-    top = float((1 << bits) - 1)
+    top = (1 << bits) - 1
+    if np.issubdtype(array.dtype, np.integer):  # integers stay integers (no float64 copy of the image)
+        array = array.astype(np.promote_types(array.dtype, np.min_scalar_type(top)), copy=False)
+    array = np.clip(array, 0, top)
     if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
-        array = top - array.astype(np.float64)
-    return to_uint8_grey(np.clip(array, 0, top), top)
+        array = top - array
+    return to_uint8_grey(array, float(top))
 
 
 def dicom_header(path: str | Path) -> dict:

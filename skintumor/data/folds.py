@@ -40,33 +40,46 @@ class PatientGroupedFolds:
         val_fraction: share of the outer training part's groups held out for validation;
             realised as one fold of a ``round(1 / val_fraction)``-fold inner StratifiedGroupKFold.
         seed: shuffling seed; the same seed always gives the same folds.
+        classes: class names in label order, for messages (default: the label numbers).
     """
 
-    def __init__(self, labels, groups, n_splits: int = 5, val_fraction: float = 0.2, seed: int = 42):
+    def __init__(
+        self,
+        labels,
+        groups,
+        n_splits: int = 5,
+        val_fraction: float = 0.2,
+        seed: int = 42,
+        classes: list[str] | None = None,
+    ):
         self.labels = np.asarray(labels)
         self.groups = np.asarray(groups)
         self.n_splits = int(n_splits)
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
+        self.classes = list(classes) if classes is not None else None
         if len(self.labels) != len(self.groups):
             raise ValueError("labels and groups differ in length")
         if self.n_splits < 2:
             raise DataError(f"n_folds must be at least 2, got {self.n_splits}")
         if not 0.0 < self.val_fraction < 0.5:
             raise DataError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
-        self._check_enough_groups(self.labels, self.groups, self.n_splits, "outer folds")
+        self._check_enough_groups(self.labels, self.groups, self.n_splits, "outer folds (data.n_folds)")
         splitter = StratifiedGroupKFold(n_splits=self.n_splits, shuffle=True, random_state=self.seed)
         self._outer = [test for _, test in splitter.split(np.zeros(len(self.labels)), self.labels, self.groups)]
 
-    @staticmethod
-    def _check_enough_groups(labels, groups, k: int, what: str) -> None:
+    def class_name(self, label) -> str:
+        """The name of class index ``label`` (its number when no names were given)."""
+        return self.classes[int(label)] if self.classes is not None else str(label)
+
+    def _check_enough_groups(self, labels, groups, k: int, what: str) -> None:
         """Each class needs at least k groups, or some fold would have none of it."""
         for cls in np.unique(labels):
             n = len(np.unique(groups[labels == cls]))
             if n < k:
                 raise DataError(
-                    f"class {cls} has only {n} patient group(s), fewer than the {k} {what}; "
-                    "lower the number of folds or add patients"
+                    f"class {self.class_name(cls)} has only {n} patient group(s), fewer than the {k} {what}; "
+                    "lower data.n_folds or add patients"
                 )
 
     def __len__(self) -> int:
@@ -102,26 +115,40 @@ class PatientGroupedFolds:
             )
         test = self.test_indices(fold)
         if nested:
-            part, test = self._validation_split(fold, part, n_inner, 0)
+            part, test = self._validation_split(fold, fold, part, n_inner, 0)
             fold_seed = 2000 + fold  # a different inner shuffle for the part that is left
         else:
             fold_seed = fold
-        train, val = self._validation_split(fold_seed, part, n_inner, inner_fold)
+        train, val = self._validation_split(fold, fold_seed, part, n_inner, inner_fold)
+        untrained = sorted(set(self.labels) - set(self.labels[train]))
+        if untrained:
+            raise DataError(
+                f"fold {fold}: class(es) {', '.join(map(self.class_name, untrained))} have no training image "
+                "(add patients of that class, or lower data.n_folds)"
+            )
         absent = sorted(set(self.labels[part]) - set(self.labels[val]))
         if absent:
             warnings.warn(
-                f"fold {fold}: class(es) {absent} have no validation image; "
-                "checkpoint selection cannot see them (add patients or raise val_fraction)",
+                f"fold {fold}: class(es) {', '.join(map(self.class_name, absent))} have no validation image; "
+                "checkpoint selection cannot see them (add patients or raise data.val_fraction)",
                 stacklevel=2,
             )
         result = Split(fold, np.sort(train), np.sort(val), np.sort(test))
         assert_disjoint_groups(result, self.groups)
         return result
 
-    def _validation_split(self, seed_offset: int, part: np.ndarray, n_inner: int, inner_fold: int):
-        """(train, val) of ``part``: its inner fold ``inner_fold`` of ``n_inner`` validates."""
+    def _validation_split(self, fold: int, seed_offset: int, part: np.ndarray, n_inner: int, inner_fold: int):
+        """(train, val) of ``part`` (of outer fold ``fold``): its inner fold ``inner_fold`` of ``n_inner`` validates."""
         # only one inner fold is used here, so two groups per class suffice
         self._check_enough_groups(self.labels[part], self.groups[part], 2, "parts of the validation split")
+        n_groups = len(np.unique(self.groups[part]))
+        if n_groups < n_inner:  # scikit-learn cannot make more folds than there are groups
+            fewer_folds = "lower data.n_folds, or " if self.n_splits > 2 else ""
+            hint = f"set data.val_fraction={_fraction_for(n_groups)} or more, {fewer_folds}add patients"
+            raise DataError(
+                f"fold {fold}: its training part has only {n_groups} patient group(s), fewer than the {n_inner} "
+                f"inner folds that data.val_fraction={self.val_fraction:g} asks for (one of them validates); {hint}"
+            )
         with warnings.catch_warnings():  # sklearn warns when a class has fewer groups than n_inner
             warnings.simplefilter("ignore", UserWarning)
             return list(self._inner_splits(part, n_inner, seed_offset=seed_offset))[inner_fold]
@@ -143,6 +170,12 @@ class PatientGroupedFolds:
     def _check_fold(self, fold: int) -> None:
         if not 0 <= fold < self.n_splits:
             raise DataError(f"fold {fold} does not exist (folds are 0..{self.n_splits - 1})")
+
+
+def _fraction_for(n_groups: int) -> float:
+    """The smallest val_fraction (two decimals, below 0.5) whose ``round(1 / val_fraction)`` inner folds
+    need at most ``n_groups`` groups."""
+    return next(v / 100 for v in range(1, 50) if max(2, round(100 / v)) <= n_groups)
 
 
 def assert_disjoint_groups(split: Split, groups) -> None:

@@ -9,6 +9,8 @@ every file. DICOM files (``.dcm``/``.dicom`` or any file with the DICM preamble)
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from skintumor.data import dicom
-from skintumor.data.pixels import dtype_max, to_uint8_grey
+from skintumor.data.pixels import MAX_PIXELS, check_pixel_count, dtype_max, to_uint8_grey
 from skintumor.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -40,16 +42,30 @@ def _decode(path: Path) -> tuple[np.ndarray, float]:
         array, max_value = dicom.read_dicom_grey(path), 255.0
     else:
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings():  # the size is checked below, in a line that names the file
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)  # reads the header only
+        except Image.DecompressionBombError as err:  # PIL refuses above 179 megapixels before giving the size
+            found = re.search(r"\((\d+) pixels\)", str(err))
+            size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+            raise DataError(f"{path}: image has {size}, more than the {MAX_PIXELS / 1e6:.0f}-megapixel limit") from None
+        except Exception as err:  # noqa: BLE001 - any decoder failure on user data is one clear line
+            raise DataError(f"{path}: not a readable image ({_first_line(err)})") from None
+        with opened as img:
+            check_pixel_count(path, *img.size)  # before a pixel is decoded
+            try:
                 img.load()
                 img = ImageOps.exif_transpose(img)  # phone/camera JPEGs: pixels as every viewer shows them
                 array, max_value = _pillow_array(img)
-        except Exception as err:  # noqa: BLE001 - any decoder failure on user data is one clear line
-            first = (str(err).splitlines() or [""])[0] or type(err).__name__
-            raise DataError(f"{path}: not a readable image ({first})") from None
+            except Exception as err:  # noqa: BLE001 - any decoder failure on user data is one clear line
+                raise DataError(f"{path}: not a readable image ({_first_line(err)})") from None
     if array.size == 0:
         raise DataError(f"{path}: image has no pixels")
     return array, max_value
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [""])[0] or type(err).__name__
 
 
 def _pillow_array(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -59,8 +75,8 @@ def _pillow_array(img: Image.Image) -> tuple[np.ndarray, float]:
         return np.asarray(img).astype(np.uint16), 65535.0
     if mode == "I":  # 32-bit integer (Pillow's 16-bit fallback): clip to the 16-bit range
         return np.clip(np.asarray(img), 0, 65535).astype(np.uint16), 65535.0
-    if mode == "F":
-        array = np.asarray(img, dtype=np.float64)
+    if mode == "F":  # float32 as stored; scaled row blocks at a time (to_uint8_grey)
+        array = np.asarray(img)
         return array, dtype_max(array)
     if mode in ("L", "LA", "RGB", "RGBA"):  # alpha kept: images drop it, masks may live in it
         return np.asarray(img), 255.0

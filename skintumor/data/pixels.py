@@ -6,9 +6,28 @@ never by the image's own maximum, so one grey level means the same in every file
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from skintumor.errors import DataError
+
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the same weights as PIL's "L"
+# The largest image decoded (width x height): far above any ultrasound frame (about 1 megapixel),
+# low enough that decoding one stays within a few hundred MB. Checked from the file's header before
+# a pixel is decoded (PIL's decompression-bomb check is the same idea, but only warns up to 179 MP).
+MAX_PIXELS = 50_000_000
+_BLOCK = 1 << 20  # pixels converted at a time: float64 temporaries stay at a few MB, whatever the image
+
+
+def check_pixel_count(path: str | Path, width: int, height: int) -> None:
+    """DataError naming the file and its size when ``width x height`` is over :data:`MAX_PIXELS`."""
+    pixels = int(width) * int(height)
+    if pixels > MAX_PIXELS:
+        raise DataError(
+            f"{path}: image is {width}x{height} px ({pixels / 1e6:.0f} megapixels), more than the "
+            f"{MAX_PIXELS / 1e6:.0f}-megapixel limit (downscale or crop it first)"
+        )
 
 
 def to_uint8_grey(array: np.ndarray, max_value: float | None = None) -> np.ndarray:
@@ -26,16 +45,21 @@ def to_uint8_grey(array: np.ndarray, max_value: float | None = None) -> np.ndarr
             array = array[..., :-1]
         if array.shape[2] == 1:
             array = array[..., 0]
-        elif array.shape[2] == 3:
-            array = array.astype(np.float64) @ _LUMA
-        else:
+        elif array.shape[2] != 3:
             raise ValueError(f"cannot convert an image with {array.shape[2]} channels to greyscale")
     elif array.ndim != 2:
         raise ValueError(f"expected an HxW or HxWxC image, got shape {array.shape}")
-    if array.dtype == np.uint8 and max_value == 255:
+    if array.ndim == 2 and array.dtype == np.uint8 and max_value == 255:
         return array
-    scaled = array.astype(np.float64) * (255.0 / float(max_value))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    scale = 255.0 / float(max_value)
+    grey = np.empty(array.shape[:2], np.uint8)
+    step = max(1, _BLOCK // max(1, array.shape[1]))
+    for top in range(0, array.shape[0], step):  # in row blocks: never the whole image as float64
+        block = array[top : top + step].astype(np.float64)
+        if block.ndim == 3:
+            block = block @ _LUMA
+        grey[top : top + step] = np.clip(np.rint(block * scale), 0, 255)
+    return grey
 
 
 def dtype_max(array: np.ndarray) -> float:

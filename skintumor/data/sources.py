@@ -111,7 +111,7 @@ def csv_manifest(
     ``root`` defaults to the CSV's folder; every file named must exist.
     """
     if manifest is None:
-        raise DataError("csv source: set data.options.manifest=FILE.csv")
+        raise ConfigError(REQUIRED["csv"][1])
     try:
         result = Manifest.from_csv(manifest, root=root, classes=classes)
     except DataError as err:
@@ -149,9 +149,7 @@ def dicom_manifest(
         root, table, class_names = base.root, base.table.copy(), base.classes
     else:
         if root is None:
-            raise DataError(
-                "dicom source: set data.root=FOLDER (with <class>/ sub-folders) or data.options.manifest=FILE.csv"
-            )
+            raise ConfigError(REQUIRED["dicom"][1])
         root, class_dirs = _class_dirs(root, classes)
         rows = []
         for class_dir in class_dirs:
@@ -259,13 +257,34 @@ SOURCES: dict[str, Callable[..., Manifest]] = {
 }
 
 
+# What each source cannot do without, as the line that says which setting to give (Hydra's names).
+REQUIRED = {
+    "folder": (("root",), "data=folder needs data.root=DIR (a folder with one sub-folder of images per class)"),
+    "csv": (("manifest",), "data=csv needs data.options.manifest=FILE.csv (columns path, label, patient_id)"),
+    "dicom": (
+        ("root", "manifest"),
+        "data=dicom needs data.root=DIR (one sub-folder of DICOM files per class) or data.options.manifest=FILE.csv",
+    ),
+}
+
+
 def load_source(name: str, **options) -> Manifest:
     """Build the manifest of source ``name`` (see :data:`SOURCES`); options are that source's arguments."""
-    if name not in SOURCES:
-        raise DataError(f"unknown data source {name!r} (known: {', '.join(sorted(SOURCES))})")
     given = {k: v for k, v in options.items() if v is not None}
-    _check_options(name, SOURCES[name], given)
+    check_source_settings(name, given.get("root"), {k: v for k, v in given.items() if k != "root"})
     return SOURCES[name](**given)
+
+
+def check_source_settings(name: str | None, root, options: dict) -> None:
+    """ConfigError for a source that does not exist, an option it does not take, or a setting it cannot
+    do without (e.g. ``data=folder`` without ``data.root``): before anything is read."""
+    if name not in SOURCES:
+        raise ConfigError(f"data.source={name!r}: unknown data source (known: {', '.join(sorted(SOURCES))})")
+    given = {k: v for k, v in options.items() if v is not None} | ({"root": root} if root is not None else {})
+    _check_options(name, SOURCES[name], given)
+    needed, line = REQUIRED.get(name, ((), ""))
+    if needed and not any(given.get(key) not in (None, "") for key in needed):
+        raise ConfigError(line)
 
 
 def _check_options(name: str, source: Callable, given: dict) -> None:

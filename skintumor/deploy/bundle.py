@@ -136,7 +136,10 @@ def write_bundle(
     entries = []
     for name, classifier in members.items():
         weights = out / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(weights))
+        # the model's weights and class offsets; not the training loss's buffers (focal alpha), which the
+        # bundle's classifier (built without a loss alpha) does not have
+        state = {k: v.contiguous() for k, v in classifier.state_dict().items() if not k.startswith("criterion.")}
+        save_file(state, str(weights))
         weights.chmod(0o644)  # safetensors writes owner-only; a bundle is for sharing
         entry = {"name": name, "weights": weights.name, "sha256": sha256(weights), **(provenance or {}).get(name, {})}
         if onnx:

@@ -38,7 +38,7 @@ class Document:
         self.blocks.append(("heading", level, text))
 
     def text(self, text: str) -> None:
-        """A paragraph; inline `code`, **bold** and [label](href) links are understood."""
+        """A paragraph; inline `code`, **bold** and `[label](href)` links are understood."""
         self.blocks.append(("text", text))
 
     def warning(self, text: str) -> None:
@@ -120,7 +120,7 @@ class Document:
 
 
 def _inline(text: str) -> str:
-    """Escape HTML, then render `code`, **bold** and [label](href)."""
+    """Escape HTML, then render `code`, **bold** and `[label](href)`."""
     out = html.escape(str(text), quote=False)
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
     out = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)

@@ -211,7 +211,9 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
             continue
         csv_path = fold_dirs[k] / PREDICTIONS
         if not csv_path.is_file():
-            missing[k] = f"fold_{k} has no {PREDICTIONS} (run failed or unfinished)"
+            error = fold_dirs[k] / "error.txt"  # written by a fold that failed (skintumor.train)
+            why = f"failed: {error.read_text().splitlines()[0]}" if error.is_file() else "run failed or unfinished"
+            missing[k] = f"fold_{k} has no {PREDICTIONS} ({why})"
             continue
         try:
             table, fold_classes, fold_notes = read_predictions(csv_path)

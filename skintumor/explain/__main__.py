@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from skintumor.errors import DataError
+from skintumor.errors import ConfigError, DataError, WeightsError
 from skintumor.explain.cam import METHODS
 from skintumor.explain.faithfulness import PERCENTILES
 from skintumor.explain.run import ROAD_IMAGES, ExplainSettings, explain_run, road_cost
@@ -72,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     console = Console(stderr=True, soft_wrap=True)
     try:
         result = explain_run(args.run_dir, args.out, settings, overwrite=args.overwrite)
-    except DataError as err:
-        console.print(f"[bold red]data error:[/] {escape(str(err))}", highlight=False)
+    except (DataError, ConfigError, WeightsError) as err:  # a user's input error: one line, exit code 2
+        kind = "config" if isinstance(err, ConfigError) else "weights" if isinstance(err, WeightsError) else "data"
+        console.print(f"[bold red]{kind} error:[/] {escape(str(err))}", highlight=False)
         return 2
     out = args.out or f"{args.run_dir}/explain"
     console.print(

@@ -107,6 +107,8 @@ def explain_run(
         raise ValueError(f"target must be 'pred' or 'true', got {settings.target!r}")
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "explain"
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder (the explanations go into a folder; name a new one)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out}: already holds explanations (pass --overwrite to replace them)")
     run = FinishedRun.open(run_dir)

@@ -77,7 +77,7 @@ class AttentionGatedResNet18(nn.Module):
                 ) from None
             self.load_trunk_weights(weights)
         if weights_path:
-            self.load_trunk_weights(_read_state_dict(weights_path))
+            self.load_trunk_weights(_read_state_dict(weights_path), Path(weights_path).expanduser())
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B,1,H,W) -> f2 (B,128,H/8,W/8), f3 (B,256,H/16,W/16), f4 (B,512,H/32,W/32)."""
@@ -109,18 +109,29 @@ class AttentionGatedResNet18(nn.Module):
         maps = self.forward_details(x, lesion=False).attention
         return {k: F.interpolate(v, size=x.shape[-2:], mode="bilinear", align_corners=False) for k, v in maps.items()}
 
-    def load_trunk_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load torchvision-named trunk weights; an RGB conv1 becomes the mean of its colour filters."""
+    def load_trunk_weights(self, state_dict: dict[str, torch.Tensor], source: str | Path = "the weights file") -> None:
+        """Load torchvision-named trunk weights; an RGB conv1 becomes the mean of its colour filters.
+        ``source`` names the file in the WeightsError of weights that do not fit."""
         trunk_keys = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
         state = {k: v for k, v in state_dict.items() if k.startswith(trunk_keys)}
         if not state:
-            raise WeightsError("no ResNet trunk weights (conv1/bn1/layer1-4) found in the weights file")
-        if state["conv1.weight"].shape[1] == 3:
-            state["conv1.weight"] = state["conv1.weight"].mean(dim=1, keepdim=True)
+            raise WeightsError(f"{source}: no ResNet trunk weights (conv1/bn1/layer1-4) found in it")
+        conv1 = state.get("conv1.weight")
+        if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 3:
+            state["conv1.weight"] = conv1.mean(dim=1, keepdim=True)
+        own = self.state_dict()
+        unknown = sorted(k for k in state if k not in own)
+        misfit = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+        if unknown or misfit:  # another network's weights (a ResNet34/50, a 3-class head ...)
+            shown = [f"{k} {tuple(state[k].shape)} (here {tuple(own[k].shape)})" for k in misfit[:3]] + unknown[:3]
+            more = " ..." if len(misfit) + len(unknown) > 3 else ""
+            raise WeightsError(
+                f"{source}: weights that do not fit this ResNet18: {', '.join(shown[:3])}{more} (a ResNet18 file?)"
+            )
         missing, _ = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if k.startswith(trunk_keys)]
         if missing:
-            raise WeightsError(f"weights file lacks trunk weights: {', '.join(missing[:3])} ...")
+            raise WeightsError(f"{source}: lacks trunk weights: {', '.join(missing[:3])} ...")
 
 
 def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -132,12 +143,19 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file, or one that needs unpickling arbitrary objects
         raise WeightsError(f"{path}: not a readable weights file ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(v, torch.Tensor) for v in data.get("state_dict", data).values()
+    if isinstance(data, dict) and "state_dict" in data:  # Lightning checkpoint of SkinTumorClassifier
+        data = data["state_dict"]
+        if isinstance(data, dict):
+            data = {
+                k.removeprefix("model."): v for k, v in data.items() if isinstance(k, str) and k.startswith("model.")
+            }
+    if not (
+        isinstance(data, dict)
+        and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided for k, v in data.items()
+        )
     ):
         raise WeightsError(
             f"{path}: not a state dict of tensors (a torchvision ResNet18 file or a skintumor checkpoint)"
         )
-    if "state_dict" in data:  # Lightning checkpoint of SkinTumorClassifier
-        data = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
     return data

@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from skintumor.errors import ConfigError, DataError
 from skintumor.models.attention_resnet import AttentionGatedResNet18, ModelOutput
@@ -113,6 +114,7 @@ class SkinTumorClassifier(L.LightningModule):
         # (rows, probabilities with offsets, probabilities before them)
         self.test_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._test_buffer: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._epoch_means: dict[str, MeanMetric] = {}  # per-epoch means of losses (:meth:`_add_to_mean`)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -177,7 +179,7 @@ class SkinTumorClassifier(L.LightningModule):
         terms = self.training_losses(out, y, masks)
         for name, value in terms.items():
             if name != "class":
-                self.log(f"train/{name}_loss", value, on_step=False, on_epoch=True, batch_size=len(y))
+                self._add_to_mean(f"train/{name}_loss", value, len(y))
         loss = terms["class"]
         if "mask" in terms:
             loss = loss + self.mask_weight * terms["mask"]
@@ -203,14 +205,7 @@ class SkinTumorClassifier(L.LightningModule):
         scores = self.score_proba(x, out.logits)
         self._update_metrics("val", y, scores, self.criterion(out.logits, y))
         for name, alpha in out.attention.items():  # does the gate vary within an image?
-            self.log(
-                f"val/{name}_spread",
-                alpha.float().flatten(1).std(dim=1).mean(),
-                on_step=False,
-                on_epoch=True,
-                batch_size=len(y),
-                sync_dist=True,
-            )
+            self._add_to_mean(f"val/{name}_spread", alpha.float().flatten(1).std(dim=1).mean(), len(y))
 
     def test_step(self, batch, batch_idx):
         x, y, rows = self._memory_format(batch[0]), batch[1], batch[2]
@@ -229,27 +224,33 @@ class SkinTumorClassifier(L.LightningModule):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics["stats"].update(probs, y)  # the decision
         metrics["auroc"].update(scores, y)  # the ranking: offsets are a threshold, not a score
-        self.log(
-            f"{stage}/loss",
-            loss,
-            prog_bar=stage != "test",
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(y),
-            sync_dist=True,
-        )
+        self._add_to_mean(f"{stage}/loss", loss, len(y))
         return probs
+
+    def _add_to_mean(self, key: str, value: torch.Tensor, n: int) -> None:
+        """Average ``value`` over the epoch (weighted by batch size ``n``) in a torchmetrics ``MeanMetric``.
+        Under DDP every rank then syncs in the same place, the epoch's end in :meth:`_log_epoch`: values
+        logged with Lightning's ``sync_dist`` are synced when first read, which the progress bar does on
+        rank 0 alone, and the ranks' collectives no longer match (a hang)."""
+        if key not in self._epoch_means:
+            self._epoch_means[key] = MeanMetric().to(self.device)
+        self._epoch_means[key].update(value.detach().float(), weight=n)
 
     def _log_epoch(self, stage: str) -> None:
         collection = self.metrics[f"{stage}_metrics"]
+        means = {k: m for k, m in sorted(self._epoch_means.items()) if k.startswith(f"{stage}/")}
         if self.trainer.sanity_checking:  # sanity batches must not leak into the first epoch's numbers
-            collection.reset()
+            for metric in [collection, *means.values()]:
+                metric.reset()
             return
-        values = summarise(collection.compute(), self.classes)
+        values = summarise(collection.compute(), self.classes)  # torchmetrics: synced over DDP ranks
         collection.reset()
-        shown = {"auroc_macro", "bal_acc"} if stage == "val" else set()
+        for key, metric in means.items():  # the same keys in the same order on every rank
+            values[key.split("/", 1)[1]] = float(metric.compute())
+            metric.reset()
+        shown = {"auroc_macro", "bal_acc", "loss"} if stage == "val" else {"loss"} if stage == "train" else set()
         for key, value in values.items():
-            self.log(f"{stage}/{key}", value, prog_bar=key in shown, sync_dist=True)
+            self.log(f"{stage}/{key}", value, prog_bar=key in shown)  # already synced
 
     def on_train_epoch_end(self):
         self._log_epoch("train")
@@ -392,13 +393,24 @@ def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTu
         data = torch.load(checkpoint, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, not a torch file, or one that needs unpickling arbitrary objects
         raise DataError(f"{checkpoint}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict) or "state_dict" not in data or "classes" not in data.get("hyper_parameters", {}):
+    hp = data.get("hyper_parameters") if isinstance(data, dict) else None
+    if not isinstance(hp, dict) or not isinstance(data.get("state_dict"), dict) or "classes" not in hp:
         raise DataError(
             f"{checkpoint}: not a skintumor checkpoint (no weights, or no hyper-parameters with class names)"
         )
-    hp = drop_retired_settings(data["hyper_parameters"], checkpoint)
+    lacking = [key for key, kind in (("classes", (list, tuple)), ("net", dict)) if not isinstance(hp.get(key), kind)]
+    if lacking:
+        raise DataError(f"{checkpoint}: not a skintumor checkpoint (its hyper-parameters lack {' and '.join(lacking)})")
+    hp = drop_retired_settings(hp, checkpoint)
     hp["net"] = dict(hp["net"]) | {"pretrained": False, "weights_path": None}  # weights come from the file
-    module = SkinTumorClassifier(**hp)
+    try:
+        module = SkinTumorClassifier(**hp)
+    except (TypeError, ValueError, KeyError) as err:  # settings this version cannot build the network from
+        raise DataError(f"{checkpoint}: cannot rebuild the classifier from its hyper-parameters ({err})") from None
     module.on_load_checkpoint(data)
-    module.load_state_dict(data["state_dict"])
+    try:
+        module.load_state_dict(data["state_dict"])
+    except RuntimeError as err:  # missing, unexpected or mis-shaped weights
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise DataError(f"{checkpoint}: its weights do not fit its network ({detail[:300]})") from None
     return module.eval()
