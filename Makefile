@@ -7,9 +7,10 @@ ARGS   ?=
 FOLDS  ?= 0,1,2,3,4
 NAME   ?= cv
 SEARCH_ARGS ?=
+ESTIMATE_SEED ?= 1000
 TRAIN_ARGS  ?=
 
-.PHONY: help install train cv search paper sync test test-slow test-e2e test-cov lint format docs docs-serve clean
+.PHONY: help install train cv search paper estimate sync test test-slow test-e2e test-cov lint format docs docs-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,7 +43,15 @@ paper: $(STAMP)  ## the study's protocol: policy search per outer fold, then CV 
 
 sync: $(STAMP)  ## upload a sweep's offline W&B runs, training runs first (make sync SWEEP=outputs/cv/<name>)
 	@test -n "$(SWEEP)" || { echo "usage: make sync SWEEP=<sweep or run directory>"; exit 2; }
-	$(PY) -m skintumor.loggers $(SWEEP)
+	$(PY) -m skintumor.dashboard $(SWEEP)
+
+estimate: $(STAMP)  ## headline BUSI estimate on a partition seed unused in development: paper + recipe, 5 folds, compared (resumable)
+	@dir=outputs/estimate/busi_seed$(ESTIMATE_SEED); \
+	for exp in paper recipe; do \
+	  $(PY) -m skintumor.train -m experiment=$$exp data=busi data.seed=$(ESTIMATE_SEED) data.fold=$(FOLDS) \
+	    sweep_name=estimate_$${exp}_seed$(ESTIMATE_SEED) hydra.sweep.dir=$$dir/$$exp $(ARGS) || exit $$?; \
+	done; \
+	$(PY) -m skintumor.report $$dir/recipe $$dir/paper --out $$dir/recipe_vs_paper
 
 search: $(STAMP)  ## learn an augmentation policy for one outer fold (make search ARGS="data.fold=1")
 	$(PY) -m skintumor.search $(ARGS)

@@ -54,7 +54,7 @@ class CrossValidationReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self.write_report(config)
-        from skintumor.loggers import log_sweep_summary  # W&B: the report as the sweep's summary run (never raises)
+        from skintumor.dashboard import log_sweep_summary  # W&B: the report as the sweep's summary run (never raises)
 
         log_sweep_summary(Path(str(config.hydra.sweep.dir)))
         failed = failed_since(Path(str(config.hydra.sweep.dir)), self.started)

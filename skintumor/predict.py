@@ -47,7 +47,7 @@ def export(args: argparse.Namespace) -> int:
     bundle = load_bundle(out)  # what was written reads back
     Console().print(f"bundle: {out} ({len(bundle.members)} member(s): {', '.join(m.name for m in bundle.members)})")
     if not getattr(args, "no_wandb", False):
-        from skintumor.loggers import log_bundle
+        from skintumor.dashboard import log_bundle
 
         log_bundle(out, args.source)  # an export run whose bundle artifact uses the folds' model artifacts
     return 0

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.sweeps[0], n_boot=args.n_boot, seed=args.seed, n_bins=args.bins, console=console, sections=sections
             )
             console.print(f"wrote {args.sweeps[0]}/report.md, report.html, figures/, metrics_cv.json")
-            from skintumor.loggers import log_sweep_summary
+            from skintumor.dashboard import log_sweep_summary
 
             log_sweep_summary(args.sweeps[0])  # W&B (when the folds were logged there): the summary run
         else:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 console=console,
             )
             console.print(f"wrote {result['out_dir']}/comparison.md, comparison.html, comparison.json")
-            from skintumor.loggers import log_comparison
+            from skintumor.dashboard import log_comparison
 
             log_comparison(result["out_dir"], args.sweeps[0], args.sweeps[1])  # W&B: a compare run
     except DataError as err:

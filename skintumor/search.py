@@ -105,4 +105,8 @@ def _summary(results, out: Path, objective: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # the importable module's main, not __main__'s: parallel launchers (joblib, submitit) pickle the task
+    # function, by reference only when its module can be imported (by value, __main__'s drags in torch)
+    from skintumor.search import main as importable_main
+
+    importable_main()

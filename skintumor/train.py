@@ -29,11 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from skintumor.augment import build_augmentation
 from skintumor.cli import one_line_user_errors, print_user_error
 from skintumor.cpu import bf16_is_emulated
+from skintumor.dashboard import log_fold
 from skintumor.data.datamodule import UltrasoundDataModule
 from skintumor.errors import ConfigError
+from skintumor.evaluate.conformal import COVERAGES, calibrate
 from skintumor.evaluate.predictions import write_predictions
-from skintumor.loggers import log_fold
-from skintumor.models.module import SkinTumorClassifier
+from skintumor.models.module import SkinTumorClassifier, default_buffers
 from skintumor.rundir import (
     clear_failure,
     discard_unstarted,
@@ -179,29 +180,50 @@ def validate_and_decide(
     trainer: L.Trainer, model: SkinTumorClassifier, datamodule: UltrasoundDataModule, chosen: str, out: Path
 ) -> float | None:
     """Validate the chosen checkpoint (what the selection saw), set the decision rule on the validation
-    split (``model.decision=balanced``: class offsets, written into the checkpoint) and write
+    split (``model.calibration=temperature``: the temperature; ``model.decision=balanced``: class offsets;
+    always the conformal thresholds; all written into the checkpoint), write ``predictions_val.csv`` and
     ``metrics_val.json``. -> the monitored validation score."""
     validated = trainer.validate(model, datamodule=datamodule, ckpt_path=chosen, verbose=False)
     metrics = {k: float(v) for k, v in (validated[0] if validated else {}).items()}
     selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # writes best.ckpt
     score = metrics.get(selector.monitor) if selector else None
     metrics["checkpoint"] = os.path.relpath(chosen, out)
+    if model.hparams.calibration == "temperature":  # first: the offsets are chosen on the tempered probabilities
+        metrics["temperature"] = model.fit_temperature(datamodule.val_dataloader())
     if model.hparams.decision == "balanced":
         offsets = model.choose_decision_offsets(datamodule.val_dataloader())
         metrics |= {f"decision_offset_{c}": float(o) for c, o in zip(datamodule.classes, offsets)}
         if trainer.is_global_zero:
-            write_decision_offsets(chosen, offsets)
             log.info("decision offsets chosen on validation: %s", dict(zip(datamodule.classes, offsets.round(2))))
-        trainer.strategy.barrier()
+    metrics |= validation_predictions(model, datamodule, out, trainer.is_global_zero)
     if trainer.is_global_zero:
+        write_decision_buffers(chosen, model)
         (out / "metrics_val.json").write_text(json.dumps(metrics, indent=2))
+    trainer.strategy.barrier()
     return score
 
 
-def write_decision_offsets(checkpoint: str | Path, offsets) -> None:
-    """Store class offsets in a checkpoint's ``decision_offsets`` buffer (read as plain tensors and data)."""
+def validation_predictions(
+    model: SkinTumorClassifier, datamodule: UltrasoundDataModule, out: Path, write: bool
+) -> dict[str, float]:
+    """The decided model on the validation split: its split-conformal (LAC) thresholds at 90 % and 95 %
+    coverage into ``conformal_thresholds``, and (``write``) ``predictions_val.csv``, the columns of
+    ``predictions_test.csv``, for the report's conformal sets. -> the thresholds, for ``metrics_val.json``."""
+    rows, y, probs, scores = model.predict_rows(datamodule.val_dataloader())
+    thresholds = [max(calibrate(scores, y, 1 - coverage), 1e-6) for coverage in COVERAGES]  # 0 means "none"
+    model.conformal_thresholds.copy_(torch.as_tensor(thresholds))
+    if write:
+        shifted = bool(model.decision_offsets.any())  # else the scores are the probabilities
+        write_predictions(datamodule.manifest, rows, probs, out / "predictions_val.csv", scores if shifted else None)
+    return {f"conformal_threshold_{round(100 * c)}": t for c, t in zip(COVERAGES, thresholds)}
+
+
+def write_decision_buffers(checkpoint: str | Path, model: SkinTumorClassifier) -> None:
+    """Store what was set on the validation split (class offsets, temperature, conformal thresholds) in the
+    tested checkpoint's buffers (read as plain tensors and data), which the test and every later use load."""
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    data["state_dict"]["decision_offsets"] = torch.as_tensor(offsets, dtype=torch.float32)
+    for name in default_buffers(len(model.classes)):
+        data["state_dict"][name] = getattr(model, name).detach().cpu().float().clone()
     torch.save(data, checkpoint)
 
 
@@ -280,4 +302,8 @@ def tested_checkpoint(trainer: L.Trainer, which: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    # the importable module's main, not __main__'s: parallel launchers (joblib, submitit) pickle the task
+    # function, by reference only when its module can be imported (by value, __main__'s drags in torch)
+    from skintumor.train import main as importable_main
+
+    importable_main()

@@ -23,6 +23,7 @@ BENCHMARKS = (
     "inference",
     "explain_speed",
     "serve_load",
+    "dedup_threshold",
 )
 BUSI = REPO.parent / "shared" / "data" / "busi"
 
@@ -80,6 +81,24 @@ def test_phantom_difficulty_quick(tmp_path):
     for scores in [*result["histogram"].values(), result["morphology"]]:
         assert 0 <= scores["pooled"] <= 1 and len(scores["per_fold"]) == 5
     assert result["histogram_best_pooled"] == max(v["pooled"] for v in result["histogram"].values())
+
+
+def test_dedup_threshold_quick(tmp_path):
+    result = quick("dedup_threshold", tmp_path)
+    rows = result["thresholds"]
+    assert [r["max_distance"] for r in rows] == list(range(16, 33)) and result["seeds"] == [1000, 0]
+    reference = result["reference"]
+    assert 0 < reference["same_lesion_pairs"] <= reference["judged_pairs"] <= reference["candidate_pairs"]
+    for r in rows:
+        assert 1 <= r["largest_group"] <= result["images"] and r["groups"] <= result["images"]
+        assert r["same_lesion_in_two_groups"] <= r["same_lesion_in_two_groups_all"] <= reference["same_lesion_pairs"]
+        for split in r["split"].values():  # a pair in one group is never split across folds
+            assert split["upto_max_threshold"] <= min(split["all"], r["same_lesion_in_two_groups"])
+    assert [r["groups"] for r in rows] == sorted((r["groups"] for r in rows), reverse=True)
+    assert result["lowest_threshold_without_split_pairs"] is not None
+    table = (tmp_path / "dedup_threshold_quick" / "table.md").read_text()
+    assert "python -m benchmarks.dedup_threshold" in table and "| 24 |" in table
+    assert (tmp_path / "dedup_threshold_quick" / "pairs.csv").is_file()
 
 
 def test_cv_busi_without_its_data_says_so_in_one_line(tmp_path, capsys):

@@ -126,9 +126,9 @@ def test_datamodule_batches_and_leaves_user_data_untouched(tiny_folder, num_work
     assert snapshot(tiny_folder) == before
 
 
-def test_nested_datamodule_tests_on_the_validation_part_and_records_it(tiny_folder, tmp_path):
-    """data.nested=true: the test loader serves the plain run's validation rows, never its test fold,
-    and split.json says the run was a nested (judging) one."""
+def test_nested_datamodule_tests_on_a_part_no_ordinary_run_validates_on(tiny_folder, tmp_path):
+    """data.nested=true: the test loader serves the training part's last inner fold, never the test fold and
+    never the ordinary validation split (inner fold 0, where recipes are chosen); split.json records it."""
     kwargs = dict(
         source="folder",
         root=str(tiny_folder),
@@ -141,8 +141,12 @@ def test_nested_datamodule_tests_on_the_validation_part_and_records_it(tiny_fold
     plain, nested = UltrasoundDataModule(**kwargs), UltrasoundDataModule(**kwargs, nested=True)
     plain.setup(), nested.setup()
     test_rows = torch.cat([b[2] for b in nested.test_dataloader()])
-    assert sorted(test_rows.tolist()) == plain.split.val.tolist()
+    last = UltrasoundDataModule(**kwargs, inner_fold=3)  # val_fraction 0.25: inner folds 0..3
+    last.setup()
+    assert sorted(test_rows.tolist()) == last.split.val.tolist()
+    assert not set(test_rows.tolist()) & set(plain.split.val.tolist())  # the usual validation split stays out
     assert not set(nested.split.train.tolist()) & set(plain.split.test.tolist())
+    assert not set(test_rows.tolist()) & set(plain.split.test.tolist())
     nested.write_split(tmp_path)
     assert '"nested": true' in (tmp_path / "split.json").read_text()
 

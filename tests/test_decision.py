@@ -58,6 +58,29 @@ def test_cross_fitted_offsets_come_from_the_other_half():
     assert balanced_accuracy(y, cross_fitted(y, noise)) < in_sample
 
 
+def test_cross_fitted_halves_keep_each_patient_whole(monkeypatch):
+    from skintumor.models import decision
+
+    y, p = _leaning_model(seed=2)
+    groups = np.arange(len(y)) // 3 * 3 + y  # patients of 3 views... of one class each
+    choosers = []
+    real = decision.balanced_offsets
+
+    def recording(y_half, p_half, *args):
+        choosers.append(len(y_half))
+        return real(y_half, p_half, *args)
+
+    monkeypatch.setattr(decision, "balanced_offsets", recording)
+    shifted = cross_fitted(y, p, groups=groups)
+    assert np.allclose(shifted.sum(1), 1) and sum(choosers) == len(y)
+    # no patient is split: each half is a union of whole patients, so a patient's views are all shifted
+    # by the same offsets (chosen on the other half)
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        ratios = shifted[rows] / p[rows]
+        assert np.allclose(ratios / ratios.sum(1, keepdims=True), ratios[0] / ratios[0].sum(), atol=1e-9)
+
+
 def test_module_applies_its_offsets_and_rejects_unknown_decisions():
     module = SkinTumorClassifier(list(CLASSES), net=NET, class_counts=[1, 1, 1], image_size=32).eval()
     x = torch.randn(4, 1, 32, 32)

@@ -17,9 +17,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from skintumor.csv_logger import ResumableCSVLogger
 from skintumor.errors import DataError
 from skintumor.hydra_callbacks import CrossValidationReport
+from skintumor.loggers import ResumableCSVLogger
 from skintumor.rundir import check_checkpoint, claim_run_dir, run_start, run_state
 
 from conftest import REPO, run_train, snapshot, tiny_overrides

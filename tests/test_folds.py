@@ -90,19 +90,21 @@ def test_inner_fold_moves_validation_but_not_test():
         folds.split(1, inner_fold=5)
 
 
-def test_nested_split_judges_on_the_validation_part_and_never_touches_the_test_fold():
-    """nested=True: the usual validation split stands in as the test fold (the same for every
-    inner_fold, so fold-ensemble members share it), train / val partition the rest, and no row of
-    the outer test fold appears anywhere."""
+def test_nested_split_judges_on_a_part_no_ordinary_run_validates_on():
+    """nested=True: the training part's last inner fold stands in as the test fold (not inner fold 0,
+    the validation split recipes were chosen on; the same for every inner_fold, so fold-ensemble members
+    share it), train / val partition the rest, and no row of the outer test fold appears anywhere."""
     labels, groups = _study_like(seed=2)
     folds = PatientGroupedFolds(labels, groups, n_splits=5, val_fraction=0.2, seed=5)
     plain = folds.split(3)
+    stand_in = folds.split(3, inner_fold=4).val  # val_fraction 0.2: inner folds 0..4
     nested = [folds.split(3, inner_fold=j, nested=True) for j in range(5)]
+    training_part = sorted(np.concatenate([plain.train, plain.val]).tolist())
     for s in nested:
-        assert np.array_equal(s.test, plain.val)
+        assert np.array_equal(s.test, stand_in) and not set(s.test.tolist()) & set(plain.val.tolist())
         assert not (set(s.train) | set(s.val) | set(s.test)) & set(plain.test.tolist())
-        assert sorted(np.concatenate([s.train, s.val]).tolist()) == plain.train.tolist()
+        assert sorted(np.concatenate([s.train, s.val, s.test]).tolist()) == training_part
         assert_disjoint_groups(s, groups)
-    assert sorted(np.concatenate([s.val for s in nested]).tolist()) == plain.train.tolist()
+    assert sorted(np.concatenate([s.val for s in nested] + [stand_in]).tolist()) == training_part
     assert not np.array_equal(nested[0].val, nested[1].val)
     assert folds.split(3, nested=False).val.tolist() == plain.val.tolist()  # the default is untouched

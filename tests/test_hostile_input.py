@@ -364,7 +364,7 @@ CASES = {
     "train-fewer-groups-than-inner-folds": Case(
         "train",
         lambda u, s: train_args(folders(u, s), "data.n_folds=2", "data.val_fraction=0.1"),
-        ("only 9 patient group(s), fewer than the 10 inner folds", "data.val_fraction=0.11"),
+        ("patient group(s), fewer than the 10 inner folds", "set data.val_fraction=0.1"),
         2,
         absent=("n_splits",),
     ),

@@ -156,3 +156,18 @@ def test_installed_wheel_trains_from_anywhere(tmp_path, tiny_folder):
         [str(venv / "bin" / "skintumor"), "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120
     )
     assert help_text.returncode == 0, help_text.stderr[-2000:]
+
+
+def test_make_estimate_runs_both_recipes_on_an_unused_partition_seed_resumably():
+    """The headline estimate: paper and recipe on BUSI with data.seed=1000 (never used while the recipe was
+    chosen: 42, 1, 2), into fixed sweep directories, so the same command again resumes fold by fold."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    shown = subprocess.run(["make", "-n", "estimate"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "for exp in paper recipe" in shown and "data=busi data.seed=1000 data.fold=0,1,2,3,4" in shown
+    assert "hydra.sweep.dir=$dir/$exp" in shown and "dir=outputs/estimate/busi_seed1000" in shown  # no time stamp
+    assert "skintumor.report $dir/recipe $dir/paper" in shown
+    with initialize_config_module(config_module="skintumor.conf", version_base="1.3"):
+        for experiment in ("paper", "recipe"):
+            cfg = compose(config_name="train", overrides=[f"experiment={experiment}", "data=busi", "data.seed=1000"])
+            assert cfg.data.seed == 1000 and cfg.data.n_folds == 5 and cfg.data.source == "busi"

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from torchmetrics.classification import MulticlassCalibrationError
 
 from skintumor.errors import DataError
-from skintumor.evaluate.compare import aligned_predictions, build_comparison, holm, mcnemar
+from skintumor.evaluate.compare import HOLM_FAMILY, aligned_predictions, build_comparison, holm, mcnemar
 from skintumor.evaluate.metrics import (
     HEADLINE,
     bootstrap_weights,
@@ -277,6 +277,12 @@ def test_comparison_flags_planted_difference_but_not_null(tmp_path):
     planted = build_comparison(strong, weak, n_boot=1000, console=quiet_console())
     assert planted["patient"]["metrics"]["bal_acc"]["significant"]
     assert planted["patient"]["metrics"]["bal_acc"]["ci_low"] > 0
+    # macro sensitivity is balanced accuracy: counted once in the Holm family, shown with its p
+    for level in ("image", "patient"):
+        rows = planted[level]["metrics"]
+        family = [rows[m]["p"] for m in HOLM_FAMILY]
+        assert len(family) == 7 and np.allclose([rows[m]["p_holm"] for m in HOLM_FAMILY], holm(family))
+        assert rows["sens_macro"]["p_holm"] == rows["bal_acc"]["p_holm"]
     assert (strong / "compare_weak" / "comparison.md").is_file()
     assert (strong / "compare_weak" / "comparison.html").is_file()
     null = build_comparison(strong, twin, out_dir=tmp_path / "null", n_boot=1000, console=quiet_console())

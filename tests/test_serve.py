@@ -294,3 +294,6 @@ def test_serve_refuses_a_reachable_host_without_a_token_and_a_bad_bundle(bundle_
     assert main(["serve", str(tmp_path / "no_bundle")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.json: not found" in err
+    assert main(["serve", str(bundle_dir), "--max-pixels", "60000000"]) == 2  # above what the readers decode
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--max-pixels 60000000: must be 1..50000000" in err

@@ -16,18 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skintumor import loggers
-from skintumor.loggers import (
+from skintumor import dashboard, loggers
+from skintumor.dashboard import (
     FOLD_RECORD,
-    SafeWandbLogger,
-    config_tags,
     log_comparison,
     log_fold,
     log_run_files,
     log_sweep_summary,
     offline_runs,
-    wandb_logger,
 )
+from skintumor.loggers import SafeWandbLogger, config_tags, wandb_logger
 
 from conftest import REPO, run_train, tiny_overrides
 
@@ -407,13 +405,13 @@ def test_sync_uploads_training_runs_before_the_runs_that_use_their_artifacts(tmp
         (sweep / fold / "wandb" / FOLD_RECORD).write_text("{}")
     training, rest = offline_runs(sweep)
     assert [p.name[-1] for p in training] == ["a", "b"] and [p.name[-1] for p in rest] == ["c", "d"]
-    assert loggers.main([str(sweep), "--dry-run"]) == 0
+    assert dashboard.main([str(sweep), "--dry-run"]) == 0
     first, second = capsys.readouterr().out.strip().splitlines()
     assert "wandb sync" in first and first.endswith("-b") and second.endswith("-d")
     (tmp_path / "empty").mkdir()
-    assert loggers.main([str(tmp_path / "empty")]) == 1  # nothing to upload: said, not silent
+    assert dashboard.main([str(tmp_path / "empty")]) == 1  # nothing to upload: said, not silent
     make = (REPO / "Makefile").read_text()
-    assert "\nsync:" in make and "skintumor.loggers" in make
+    assert "\nsync:" in make and "skintumor.dashboard" in make
 
 
 # --- a whole ensemble sweep, offline (slow) -------------------------------------------------------------

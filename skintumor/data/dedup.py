@@ -6,9 +6,12 @@ Two images are near-duplicates when the Hamming distances of both hashes add up 
 confuses different scans with similar overall layout; dHash (gradient signs) separates those, so
 the sum keeps true copies close and different lesions far.
 
-On BUSI (780 images) every pair up to 27 inspected by eye showed one lesion, the first pair of
-different lesions is at 28, and frames of one lesion reach into the low 30s
-(docs/history/recipe-search.md); the default 24 stays below the first false match.
+The default 32 was measured on BUSI (780 images; ``python -m benchmarks.dedup_threshold``,
+docs/results.md): below 32 frames of one lesion (same place and outline in their masks) at
+distances 25-32 can land in different folds; at 32 every such pair up to 32 shares a group while
+the largest group stays at 7 images, as at 24. Above it unrelated scans start to chain into one
+group (largest group 11 at 34, 70 at 36, 263 at 38). The price: some different lesions of similar
+layout are joined (a coarser split, not a leak).
 
 Near-duplicates and images of one patient are joined into one group (connected components of
 "same patient" and "near-duplicate" edges); the manifest's ``group_id`` is that group, so
@@ -34,7 +37,7 @@ from skintumor.data.manifest import Manifest, linked_rows
 from skintumor.data.scan_area import crop_scan_area
 from skintumor.errors import DataError
 
-DEFAULT_MAX_DISTANCE = 24
+DEFAULT_MAX_DISTANCE = 32  # measured: benchmarks/dedup_threshold.py (docs/results.md)
 HASH_SIDE = 128  # images are shrunk to this longer side before hashing
 LABEL_CONFLICT_RULES = ("keep", "exclude")
 

@@ -101,10 +101,11 @@ class PatientGroupedFolds:
         0): members of a fold ensemble use different ones, so together they learn from every
         training image. The test fold is the same whatever ``inner_fold`` is.
 
-        ``nested=True`` judges recipes without the outer test fold: the training part's inner fold 0
-        (the usual validation split) stands in as the test fold, and train / val are split from the
-        rest as above. Ensembles whose members validate on different images (fold ensembles) can be
-        compared on that stand-in, which no member has seen; the outer test fold is not used at all.
+        ``nested=True`` judges recipes without the outer test fold: the training part's last inner
+        fold stands in as the test fold (not inner fold 0, the validation split of every ordinary run,
+        on which recipes were chosen), and train / val are split from the rest as above. Ensembles whose
+        members validate on different images (fold ensembles) can be compared on that stand-in, which no
+        member has seen; the outer test fold is not used at all.
         """
         part = self.train_part(fold)
         n_inner = max(2, round(1.0 / self.val_fraction))
@@ -115,7 +116,7 @@ class PatientGroupedFolds:
             )
         test = self.test_indices(fold)
         if nested:
-            part, test = self._validation_split(fold, fold, part, n_inner, 0)
+            part, test = self._validation_split(fold, fold, part, n_inner, n_inner - 1)
             fold_seed = 2000 + fold  # a different inner shuffle for the part that is left
         else:
             fold_seed = fold

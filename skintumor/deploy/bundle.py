@@ -32,8 +32,9 @@ from safetensors.torch import load_file, save_file
 
 import skintumor
 from skintumor.errors import DataError
+from skintumor.evaluate.conformal import COVERAGES
 from skintumor.evaluate.finished_run import FinishedRun
-from skintumor.models.module import SkinTumorClassifier
+from skintumor.models.module import SkinTumorClassifier, fill_default_buffers
 
 FORMAT = "skintumor-bundle"
 FORMAT_VERSION = 1
@@ -43,7 +44,7 @@ INTENDED_USE = (
     "Validated only by the cross-validation reported here; check it on your own scans before relying on it."
 )
 # what a member's classifier is rebuilt from (the rest of the training hyper-parameters do not predict)
-CLASSIFIER_KEYS = ("classes", "net", "image_size", "mean", "std", "channels_last", "tta", "decision")
+CLASSIFIER_KEYS = ("classes", "net", "image_size", "mean", "std", "channels_last", "tta", "decision", "calibration")
 
 
 @dataclass
@@ -142,6 +143,7 @@ def write_bundle(
         save_file(state, str(weights))
         weights.chmod(0o644)  # safetensors writes owner-only; a bundle is for sharing
         entry = {"name": name, "weights": weights.name, "sha256": sha256(weights), **(provenance or {}).get(name, {})}
+        entry |= calibration_entry(classifier)
         if onnx:
             from skintumor.deploy.onnx import export_onnx  # onnx is only needed when asked for
             from skintumor.models.module import DecisionPath
@@ -163,7 +165,7 @@ def write_bundle(
             "resize": "stretched to image_size x image_size, cv2.INTER_AREA",
             "normalise": "(x / 255 - mean) / std",
         },
-        "classifier": {k: hp[k] for k in CLASSIFIER_KEYS}
+        "classifier": {k: hp[k] for k in CLASSIFIER_KEYS if k in hp}
         | {"net": hp["net"] | {"pretrained": False, "weights_path": None}},
         "decision": {
             "rule": hp["decision"],
@@ -213,7 +215,7 @@ def _load_member(path: Path, entry: dict, meta: dict) -> Member:
         raise DataError(f"{weights}: not a readable safetensors file ({err})") from None
     classifier = SkinTumorClassifier(**meta["classifier"], loss={"alpha": None})
     try:
-        classifier.load_state_dict(state)
+        classifier.load_state_dict(fill_default_buffers(state, len(meta["classes"])))  # older bundles lack some
     except RuntimeError as err:
         raise DataError(f"{weights}: weights do not fit the bundle's network ({str(err).splitlines()[0]})") from None
     onnx = None
@@ -221,6 +223,17 @@ def _load_member(path: Path, entry: dict, meta: dict) -> Member:
         onnx = path / entry["onnx"]
         _verify(onnx, entry["onnx_sha256"])
     return Member(entry["name"], classifier.eval(), onnx)
+
+
+def calibration_entry(classifier: SkinTumorClassifier) -> dict:
+    """A member's temperature and conformal (LAC) thresholds, set on its validation split, for ``model.json``
+    (for reading: the weights file carries them as buffers). No thresholds: none were set."""
+    entry = {"temperature": float(classifier.temperature)}
+    if classifier.conformal_thresholds.any():
+        entry["conformal_thresholds"] = {
+            f"{c:g}": float(t) for c, t in zip(COVERAGES, classifier.conformal_thresholds.tolist())
+        }
+    return entry
 
 
 def sha256(path: Path) -> str:

@@ -31,6 +31,7 @@ from skintumor.data.manifest import read_user_csv
 from skintumor.data.scan_area import crop_scan_area
 from skintumor.deploy.bundle import Bundle
 from skintumor.errors import ConfigError, DataError
+from skintumor.evaluate.conformal import COVERAGES, prediction_sets, set_names
 from skintumor.explain.cam import gradient_cam, normalise
 from skintumor.models.module import DecisionPath
 
@@ -51,7 +52,9 @@ class Prediction:
     """What predict says about one input. probs: (C,) the ensemble's mean probabilities (the decision
     is their argmax); spread: (C,) their standard deviation over members (0 for one member); scores:
     (C,) the mean probabilities before class offsets (what AUROC ranks); cam: (H, W) in [0, 1] when
-    asked for; image: the preprocessed (H, W) uint8 scan the network saw. status "ok" or "error"."""
+    asked for; image: the preprocessed (H, W) uint8 scan the network saw; sets: conformal prediction
+    sets, ``{"set_90": "lipoma or cyst", "set_95": ...}``, when the bundle has thresholds (else None).
+    status "ok" or "error"."""
 
     input: Input
     status: str = "ok"
@@ -62,6 +65,7 @@ class Prediction:
     pred: str | None = None
     image: np.ndarray | None = None
     cam: np.ndarray | None = None
+    sets: dict[str, str] | None = None
 
 
 def collect_inputs(items: Iterable[str | Path], classes: list[str] | None = None) -> list[Input]:
@@ -122,6 +126,10 @@ class Predictor:
             pre["scan_area_crop"],
         )
         self.paths = [DecisionPath(m.classifier).to(self.device).eval() for m in bundle.members]
+        thresholds = np.stack([m.classifier.conformal_thresholds.numpy() for m in bundle.members])
+        # the members' mean LAC threshold on the ensemble's mean scores (exact for one member; for an
+        # ensemble of fold models an approximation: each threshold was calibrated for its own member)
+        self.conformal = thresholds.mean(0) if (thresholds > 0).all() else None
         for path in self.paths:  # inference only: Grad-CAM needs gradients of layer4 alone, not the whole trunk
             path.net.requires_grad_(False).layer4.requires_grad_(True)
         if backend == "onnx":
@@ -214,7 +222,17 @@ class Predictor:
                 result.probs, result.spread = mean[i], probs[:, i].std(axis=0)
                 result.scores, result.pred = scores[:, i].mean(axis=0), self.classes[int(mean[i].argmax())]
                 result.cam = maps[i]
+                result.sets = self.prediction_sets(result.scores)
         return results
+
+    def prediction_sets(self, scores: np.ndarray) -> dict[str, str] | None:
+        """Conformal (LAC) sets of one image's scores (C,) at 90 % and 95 % coverage; None without thresholds."""
+        if self.conformal is None:
+            return None
+        return {
+            f"set_{round(100 * c)}": set_names(prediction_sets(scores[None], t), self.classes)[0]
+            for c, t in zip(COVERAGES, self.conformal)
+        }
 
     def predict_files(
         self, inputs: list[Input], batch_size: int = 32, cam: bool = False, progress: bool = True
@@ -263,11 +281,14 @@ class _progress:
 
 
 def predictions_table(results: list[Prediction], classes: list[str]) -> pd.DataFrame:
-    """One row per input: ``path, status, pred, p_<class>..., sd_<class>..., score_<class>..., [label],
-    message`` (probabilities empty for a failed input)."""
+    """One row per input: ``path, status, pred, [set_90, set_95], p_<class>..., sd_<class>...,
+    score_<class>..., [label], message`` (probabilities empty for a failed input; the conformal sets
+    when the bundle has thresholds)."""
     rows = []
+    with_sets = [k for k in next((r.sets for r in results if r.sets), {})]
     for r in results:
         row = {"path": str(r.input.path), "status": r.status, "pred": r.pred or ""}
+        row |= {k: (r.sets or {}).get(k, "") for k in with_sets}
         for kind, values in (("p", r.probs), ("sd", r.spread), ("score", r.scores)):
             row |= {f"{kind}_{c}": (float(values[i]) if values is not None else np.nan) for i, c in enumerate(classes)}
         if any(x.input.label for x in results):

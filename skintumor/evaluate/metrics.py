@@ -2,6 +2,8 @@
 
 Per class (one-vs-rest): accuracy, sensitivity (recall), specificity, precision, F1, AUROC; macro
 averages; balanced accuracy (= macro sensitivity); top-label expected calibration error (ECE).
+Calibration apart (:func:`calibration_metrics`, :func:`calibration_intervals`): multiclass Brier
+score, top-label and class-wise ECE, for any probabilities (the raw softmax or after the decision rule).
 
 - During training they come from torchmetrics (:mod:`skintumor.models.metrics`), with the same
   definitions (a test checks that both agree).
@@ -259,14 +261,64 @@ def weighted_metrics(
     cell[np.arange(len(y)), y * n_classes + pred] = 1.0
     conf = (weights @ cell).reshape(-1, n_classes, n_classes)
     auroc = np.stack([weighted_auroc(y == c, scores[:, c], weights) for c in range(n_classes)], axis=-1)
-    top, correct, index = _top_label(y, probs, n_bins)
-    in_bin = np.zeros((len(y), n_bins))
-    in_bin[np.arange(len(y)), index] = 1.0
-    count = weights @ in_bin
-    gap = np.abs(weights @ (in_bin * correct[:, None]) - weights @ (in_bin * top[:, None]))  # |sum acc - sum conf|
+    top, correct, _ = _top_label(y, probs, n_bins)
+    return _assemble(_rates(conf), auroc, _weighted_ece(top, correct, weights, n_bins), class_names)
+
+
+def _weighted_ece(confidence: np.ndarray, outcome: np.ndarray, weights: np.ndarray, n_bins: int) -> np.ndarray:
+    """ECE of predicted probabilities ``confidence`` (N,) of events ``outcome`` (N,) in {0, 1}, in
+    ``n_bins`` equal-width bins, under row weights (B, N) -> (B,): sum over bins of |sum outcome -
+    sum confidence| / total weight."""
+    index = np.clip(np.floor(confidence * n_bins).astype(int), 0, n_bins - 1)  # bin k = [k/n, (k+1)/n)
+    in_bin = np.zeros((len(confidence), n_bins))
+    in_bin[np.arange(len(confidence)), index] = 1.0
+    gap = np.abs(weights @ (in_bin * (outcome - confidence)[:, None]))
     with np.errstate(invalid="ignore", divide="ignore"):
-        ece = gap.sum(1) / count.sum(1)
-    return _assemble(_rates(conf), auroc, ece, class_names)
+        return gap.sum(1) / weights.sum(1)
+
+
+# --- calibration: Brier score and ECE, on any probabilities (raw softmax or after the decision rule)
+
+CALIBRATION = ("brier", "ece", "ece_classwise")
+
+
+def weighted_calibration(y, probs, weights, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Calibration metrics under row weights (B, N) -> (B,) arrays:
+
+    - ``brier``: multiclass Brier score, mean over images of sum_c (p_c - 1[y = c])^2 (0 is perfect,
+      2 the worst; sklearn's ``brier_score_loss`` of a multiclass problem, tested);
+    - ``ece``: top-label ECE (:func:`expected_calibration_error`);
+    - ``ece_classwise``: class-wise ECE (Kull et al. 2019), the mean over classes of the ECE of
+      ``p_c`` as the probability of class c, each in its own equal-width bins.
+    """
+    y, probs = check_predictions(y, probs)
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
+    onehot = np.eye(probs.shape[1])[y]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        brier = weights @ ((probs - onehot) ** 2).sum(1) / weights.sum(1)
+    top, correct, _ = _top_label(y, probs, n_bins)
+    classwise = [_weighted_ece(probs[:, c], onehot[:, c], weights, n_bins) for c in range(probs.shape[1])]
+    return {"brier": brier, "ece": _weighted_ece(top, correct, weights, n_bins), "ece_classwise": np.mean(classwise, 0)}
+
+
+def calibration_metrics(y, probs, n_bins: int = ECE_BINS) -> dict[str, float]:
+    """Point estimates of :func:`weighted_calibration`."""
+    return {k: float(v[0]) for k, v in weighted_calibration(y, probs, np.ones((1, len(y))), n_bins).items()}
+
+
+def calibration_intervals(
+    y, probs, cluster_ids, n_boot: int = 2000, seed: int = 0, level: float = 0.95, n_bins: int = ECE_BINS
+) -> dict[str, dict[str, float]]:
+    """:func:`calibration_metrics` with cluster-bootstrap percentile intervals (the same replicates as
+    :func:`confidence_intervals` for the same ``cluster_ids`` and ``seed``), entries as there."""
+    point = calibration_metrics(y, probs, n_bins)
+    samples = weighted_calibration(y, probs, bootstrap_weights(cluster_ids, n_boot, seed), n_bins)
+    return {name: _interval_entry(value, samples[name], level) for name, value in point.items()}
+
+
+def _interval_entry(value: float, samples: np.ndarray, level: float) -> dict[str, float]:
+    low, high = percentile_interval(samples, level)
+    return {"value": value, "ci_low": low, "ci_high": high, "undefined": int(np.isnan(samples).sum())}
 
 
 def bootstrap_metrics(
@@ -313,11 +365,7 @@ def confidence_intervals(
     """
     point = classification_metrics(y, probs, class_names, n_bins, scores)
     samples = bootstrap_metrics(y, probs, cluster_ids, class_names, n_boot, seed, n_bins, scores)
-    out = {}
-    for name, value in point.items():
-        low, high = percentile_interval(samples[name], level)
-        out[name] = {"value": value, "ci_low": low, "ci_high": high, "undefined": int(np.isnan(samples[name]).sum())}
-    return out
+    return {name: _interval_entry(value, samples[name], level) for name, value in point.items()}
 
 
 __all__ = [
@@ -337,4 +385,8 @@ __all__ = [
     "bootstrap_metrics",
     "percentile_interval",
     "confidence_intervals",
+    "CALIBRATION",
+    "weighted_calibration",
+    "calibration_metrics",
+    "calibration_intervals",
 ]

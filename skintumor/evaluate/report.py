@@ -33,6 +33,8 @@ LABELS = {
     "spec_macro": "specificity (macro)",
     "prec_macro": "precision (macro)",
     "ece": "ECE (top-label)",
+    "ece_classwise": "ECE (class-wise)",
+    "brier": "Brier score",
     "sens": "sensitivity",
     "spec": "specificity",
     "prec": "precision",
@@ -120,7 +122,72 @@ def write_figures(sweep: Sweep, result: dict, out_dir: Path) -> dict[str, str]:
         figures.reliability_figure(bins, result["image"]["pooled"]["ece"]["value"], "Pooled out-of-fold, image level"),
         fig_dir / "reliability.png",
     )
+    if result.get("temperature"):
+        for when in ("before", "after"):
+            bins = {k: np.array(v, dtype=float) for k, v in result["temperature"][f"bins_{when}"].items()}
+            made[f"reliability_{when}_temperature"] = figures.save(
+                figures.reliability_figure(
+                    bins,
+                    result["temperature"][when]["ece"]["value"],
+                    f"Raw probabilities {when} temperature scaling",
+                ),
+                fig_dir / f"reliability_{when}_temperature.png",
+            )
     return {k: v.relative_to(out_dir).as_posix() for k, v in made.items()}
+
+
+def calibration_section(doc: Document, result: dict) -> None:
+    """Brier score and ECEs of the raw and decided probabilities, the temperatures, and the conformal sets."""
+    doc.heading("Calibration", 3)
+    doc.text(
+        "Raw: the network's probabilities (`score_` columns: softmax, with the temperature where one was "
+        "fitted, before the class offsets). Decided: the probabilities after the decision rule (`p_`). "
+        "Pooled out-of-fold, with 95 % group-bootstrap intervals; lower is better."
+    )
+    header = ["metric"] + [f"{level}s: {kind} [95% CI]" for level in LEVELS for kind in ("raw", "decided")]
+    rows = []
+    for name in ("brier", "ece", "ece_classwise"):
+        row = [metric_label(name, result["classes"])]
+        for level in LEVELS:
+            row += [ci_text(result[level]["calibration_metrics"][kind][name]) for kind in ("raw", "decided")]
+        rows.append(row)
+    doc.table(header, rows)
+    temperature = result.get("temperature")
+    if temperature:
+        per_fold = ", ".join(f"fold {k}: {fmt(t, 2)}" for k, t in temperature["per_fold"].items())
+        doc.text(f"Temperature fitted on each fold's validation split ({per_fold}). Raw probabilities, images:")
+        doc.table(
+            ["metric", "before temperature [95% CI]", "after [95% CI]"],
+            [
+                [metric_label(name, result["classes"])] + [ci_text(temperature[w][name]) for w in ("before", "after")]
+                for name in ("brier", "ece", "ece_classwise")
+            ],
+        )
+    conformal = result["conformal"]
+    doc.heading("Conformal prediction sets", 3)
+    if conformal["folds_without_validation"]:
+        folds = conformal["folds_without_validation"]
+        which = f"Folds {', '.join(map(str, folds))} have" if len(folds) > 1 else f"Fold {folds[0]} has"
+        doc.text(f"{which} no validation predictions (`predictions_val.csv`; older runs): left out here.")
+    if not conformal["methods"]:
+        return
+    doc.text(
+        f"Calibrated {conformal['calibration']} (folds {', '.join(map(str, conformal['folds_used']))}); "
+        "coverage = share of test images whose true class is in their set, size = mean number of classes in "
+        "it. LAC is the method a model stores and `skintumor predict` shows; APS adapts the sets to each image "
+        "but is conservative with few classes."
+    )
+    classes = result["classes"]
+    header = ["method", "target", "coverage", "mean size"] + [f"{c}: coverage / size" for c in classes]
+    rows = []
+    for method, targets in conformal["methods"].items():
+        for target, entry in targets.items():
+            per_class = [
+                f"{fmt(entry['per_class'][c]['coverage'])} / {fmt(entry['per_class'][c]['mean_size'], 2)}"
+                for c in classes
+            ]
+            rows.append([method.upper(), target, fmt(entry["coverage"]), fmt(entry["mean_size"], 2)] + per_class)
+    doc.table(header, rows)
 
 
 def report_document(
@@ -177,6 +244,8 @@ def report_document(
             )
         doc.table(header, rows)
 
+    calibration_section(doc, result)
+
     doc.heading("Figures")
     doc.figure(
         figure_paths["confusion_image"], "Confusion matrix, pooled out-of-fold, image level (counts, row-normalised)"
@@ -187,6 +256,12 @@ def report_document(
         figure_paths["reliability"],
         f"Reliability diagram, pooled out-of-fold, image level ({result['ece_bins']} equal-width bins)",
     )
+    for when in ("before", "after"):
+        if f"reliability_{when}_temperature" in figure_paths:
+            doc.figure(
+                figure_paths[f"reliability_{when}_temperature"],
+                f"Reliability diagram of the raw probabilities {when} temperature scaling, image level",
+            )
 
     if sweep.explain:
         doc.heading("Explanations")
@@ -203,7 +278,12 @@ def report_document(
             "unweighted mean over classes; balanced accuracy = macro sensitivity. AUROC (sklearn `roc_auc_score`) "
             "and the ROC curves rank the `score_` columns where a run wrote them: the probabilities before the class "
             "offsets chosen on validation (`model.decision=balanced`), which move the decision, not the ranking.",
-            f"ECE: top-label, {result['ece_bins']} equal-width confidence bins on [0, 1], weighted by bin size.",
+            f"ECE: top-label, {result['ece_bins']} equal-width confidence bins on [0, 1], weighted by bin size; "
+            "class-wise ECE: the mean over classes of the ECE of each class's probability (its own bins). "
+            "Brier score: mean over images of the squared distance between the probabilities and the one-hot label.",
+            "Conformal sets: for each fold, the threshold is the conformal quantile of the true classes' "
+            "nonconformity scores on its validation split (LAC: 1 - p; APS: mass of the classes at least as likely); "
+            "the guarantee is marginal (over images), not per class or patient.",
             "Patient level: a patient's image probabilities are averaged and scored against the patient's label. "
             "A patient with images of different classes counts once per class (each averaging only that class's "
             f"images); {len(mixed)} such patient(s) here.",
@@ -273,6 +353,7 @@ def build_report(
 __all__ = [
     "json_safe",
     "write_figures",
+    "calibration_section",
     "report_document",
     "print_summary",
     "build_report",

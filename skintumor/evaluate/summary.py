@@ -7,6 +7,10 @@ Numbers computed, at image level and at patient level (a patient's images averag
 - pooled over all out-of-fold predictions, with 95 % percentile intervals from a bootstrap that
   resamples duplicate groups (patients merged with their near-duplicates) with replacement.
 
+Calibration (Brier score, top-label and class-wise ECE) of the raw probabilities (``score_``) and
+of the decided ones (``p_``), before and after temperature scaling where the runs fitted one;
+split-conformal prediction sets calibrated on each fold's validation split (:func:`conformal_sets`).
+
 Every number says which folds it covers. Pure computation: nothing is read or written here
 (reading: :mod:`skintumor.evaluate.sweep`; writing: :mod:`skintumor.evaluate.report`).
 """
@@ -18,9 +22,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from skintumor.evaluate.conformal import COVERAGES, METHODS, calibrate, coverage_summary, prediction_sets
 from skintumor.evaluate.metrics import (
     ECE_BINS,
     calibration_bins,
+    calibration_intervals,
     classification_metrics,
     confidence_intervals,
     metric_names,
@@ -122,10 +128,80 @@ def evaluate_sweep(
             ),
             "confusion": conf.tolist(),
             "calibration": {k: v.tolist() for k, v in calibration_bins(y, probs, n_bins).items()},
+            "calibration_metrics": {
+                kind: calibration_intervals(y, p, arrays["cluster"], n_boot, seed, level_ci, n_bins)
+                for kind, p in (("raw", arrays["scores"]), ("decided", probs))
+            },
             "n": int(len(y)),
             "mixed_label_patients": list(arrays["mixed"]),
         }
+    result["temperature"] = temperature_summary(sweep, pooled, n_boot, seed, level_ci, n_bins)
+    result["conformal"] = conformal_sets(sweep)
     return result
 
 
-__all__ = ["LEVELS", "level_arrays", "point_metrics", "mean_sd", "evaluate_sweep"]
+def untempered(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities softmax(z / T) (N, C) -> softmax(z), undoing a temperature T. Exact for a plain
+    softmax; with hflip TTA (a mean of two softmaxes) an approximation."""
+    logits = temperature * np.log(np.clip(scores, 1e-12, None))
+    logits -= logits.max(1, keepdims=True)
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+
+def temperature_summary(
+    sweep: Sweep, pooled: pd.DataFrame, n_boot: int, seed: int, level_ci: float, n_bins: int
+) -> dict | None:
+    """Image-level raw probabilities before and after each fold's temperature (its run fitted it on the
+    validation split): calibration metrics with CIs and reliability bins. None when no fold has one."""
+    if not sweep.temperatures:
+        return None
+    arrays = level_arrays(pooled, sweep.classes, "image")
+    after = arrays["scores"]
+    fold_t = pooled["fold"].map(sweep.temperatures).fillna(1.0).to_numpy(float)
+    before = after.copy()
+    for t in np.unique(fold_t):
+        before[fold_t == t] = untempered(after[fold_t == t], t)
+    out = {"per_fold": {str(k): t for k, t in sorted(sweep.temperatures.items())}}
+    for name, p in (("before", before), ("after", after)):
+        out[name] = calibration_intervals(arrays["y"], p, arrays["cluster"], n_boot, seed, level_ci, n_bins)
+        out[f"bins_{name}"] = {k: v.tolist() for k, v in calibration_bins(arrays["y"], p, n_bins).items()}
+    return out
+
+
+def conformal_sets(sweep: Sweep, coverages=COVERAGES, methods=METHODS) -> dict:
+    """Split-conformal sets at each target coverage, image level: per fold, the threshold from the fold's
+    validation predictions (``score_``), the sets on its test predictions; coverage and mean set size
+    pooled over those folds, overall and per true class, for each method (:mod:`~skintumor.evaluate.conformal`).
+    Folds without validation predictions are listed in ``folds_without_validation`` and left out."""
+    used = sorted(k for k in sweep.folds if k in sweep.validation)
+    out = {
+        "calibration": "split-conformal on each fold's inner validation split",
+        "folds_used": used,
+        "folds_without_validation": sorted(set(sweep.folds) - set(used)),
+        "methods": {},
+    }
+    for method in methods if used else ():
+        out["methods"][method] = {}
+        for coverage in coverages:
+            sets, ys, thresholds = [], [], {}
+            for k in used:
+                val = level_arrays(sweep.validation[k], sweep.classes, "image")
+                test = level_arrays(sweep.folds[k], sweep.classes, "image")
+                thresholds[str(k)] = calibrate(val["scores"], val["y"], 1 - coverage, method)
+                sets.append(prediction_sets(test["scores"], thresholds[str(k)], method))
+                ys.append(test["y"])
+            summary = coverage_summary(np.concatenate(sets), np.concatenate(ys), sweep.classes)
+            out["methods"][method][f"{coverage:g}"] = summary | {"thresholds": thresholds}
+    return out
+
+
+__all__ = [
+    "LEVELS",
+    "level_arrays",
+    "point_metrics",
+    "mean_sd",
+    "evaluate_sweep",
+    "untempered",
+    "temperature_summary",
+    "conformal_sets",
+]

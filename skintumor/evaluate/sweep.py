@@ -27,6 +27,7 @@ from skintumor.data.manifest import read_user_csv
 from skintumor.errors import DataError
 
 PREDICTIONS = "predictions_test.csv"
+VALIDATION = "predictions_val.csv"  # the inner validation split's predictions (conformal calibration)
 
 
 @dataclass
@@ -47,6 +48,10 @@ class Sweep:
             without ``data.fold``), so a reader knows what was trained.
         members: for an ensemble (``ensemble.json``), each member sweep's directory name -> its
             overrides; ``overrides`` is then empty (the copied ``.hydra`` is the first member's).
+        validation: fold -> its inner validation split's predictions (``predictions_val.csv``, the
+            columns of ``folds``), for the folds whose run wrote them (runs since conformal sets).
+        temperatures: fold -> the temperature its run fitted on validation (``metrics_val.json``),
+            for the folds trained with ``model.calibration=temperature``.
     """
 
     directory: Path
@@ -59,6 +64,8 @@ class Sweep:
     explain: dict[int, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     members: dict[str, list[str]] = field(default_factory=dict)
+    validation: dict[int, pd.DataFrame] = field(default_factory=dict)
+    temperatures: dict[int, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -236,7 +243,27 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep.explain = {k: f"{fold_dirs[k].name}/explain/" for k in sorted(folds) if (fold_dirs[k] / "explain").is_dir()}
     sweep.members = _ensemble_members(sweep_dir, min(folds))
     sweep.overrides = [] if sweep.members else _overrides(fold_dirs[min(folds)])
+    _read_validation(sweep, fold_dirs)
     return sweep
+
+
+def _read_validation(sweep: Sweep, fold_dirs: dict[int, Path]) -> None:
+    """Each used fold's ``predictions_val.csv`` and fitted temperature, where its run wrote them."""
+    for k in sorted(sweep.folds):
+        csv_path = fold_dirs[k] / VALIDATION
+        if csv_path.is_file():
+            try:
+                table, classes, _ = read_predictions(csv_path)
+            except DataError as err:
+                sweep.notes.append(f"fold_{k}: validation predictions not used ({err})")
+                continue
+            if classes == sweep.classes:
+                sweep.validation[k] = table
+        try:
+            temperature = json.loads((fold_dirs[k] / "metrics_val.json").read_text(encoding="utf-8"))["temperature"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        sweep.temperatures[k] = float(temperature)
 
 
 def _incomplete_warning(run_dir: Path, n_predictions: int) -> str | None:
@@ -295,4 +322,4 @@ def _overlap_warnings(sweep: Sweep) -> list[str]:
     return notes
 
 
-__all__ = ["PREDICTIONS", "Sweep", "load_sweep", "read_predictions"]
+__all__ = ["PREDICTIONS", "VALIDATION", "Sweep", "load_sweep", "read_predictions"]

@@ -72,17 +72,29 @@ def balanced_offsets(y: np.ndarray, probs: np.ndarray, step: float = 0.1, limit:
     return best
 
 
-def cross_fitted(y: np.ndarray, probs: np.ndarray, step: float = 0.1, limit: float = 1.5, seed: int = 0) -> np.ndarray:
+def cross_fitted(
+    y: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray | None = None,
+    step: float = 0.1,
+    limit: float = 1.5,
+    seed: int = 0,
+) -> np.ndarray:
     """Validation probabilities shifted by offsets chosen on the *other* half of the split.
 
-    Scoring offsets on the images that chose them flatters them; halving the split (stratified by
-    class) and swapping gives an honest estimate of what the offsets add. -> (N, C).
+    Scoring offsets on the images that chose them flatters them; halving the split and swapping gives an
+    honest estimate of what the offsets add. The halves are drawn by patient group (``groups``; all views
+    of a patient in one half, stratified by the group's class) so that no patient helps choose the
+    offsets it is scored with; without groups, by image. -> (N, C).
     """
     y, rng = np.asarray(y), np.random.default_rng(seed)
-    half = np.zeros(len(y), bool)
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        half[members[: len(members) // 2]] = True
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    names, first = np.unique(groups, return_index=True)
+    half_groups = set()
+    for c in np.unique(y[first]):  # a group's class: its first image's (groups are one patient, one lesion)
+        members = rng.permutation(names[y[first] == c])
+        half_groups.update(members[: len(members) // 2].tolist())
+    half = np.isin(groups, list(half_groups))
     probs = np.asarray(probs, dtype=float)
     out = probs.copy()
     for chooser in (half, ~half):

@@ -25,6 +25,8 @@ from skintumor.models.metrics import stage_metrics, summarise
 STAGES = ("train", "val", "test")
 TTA = (None, "hflip")
 DECISIONS = ("argmax", "balanced")
+CALIBRATIONS = ("none", "temperature")
+N_CONFORMAL = 2  # conformal thresholds kept: coverage 90 % and 95 % (skintumor.evaluate.conformal.COVERAGES)
 
 
 class SkinTumorClassifier(L.LightningModule):
@@ -51,6 +53,13 @@ class SkinTumorClassifier(L.LightningModule):
         They move the decision, not the ranking: test AUROC is computed on the probabilities
         before the offsets (:meth:`score_proba`), which the test-prediction file keeps as
         ``score_<class>`` columns beside the decided ``p_<class>``.
+    calibration: "none", or "temperature": after training, one temperature T dividing the logits is
+        fitted on the inner validation split (lowest negative log-likelihood, :meth:`fit_temperature`),
+        before the class offsets are chosen (on the tempered probabilities). It lives in the
+        ``temperature`` buffer (1 = off), so the checkpoint, the bundle and ONNX carry it. T changes
+        the probabilities' confidence, not their order within an image (without TTA).
+    The ``conformal_thresholds`` buffer (zeros = none) holds the split-conformal (LAC) thresholds at
+    90 % and 95 % coverage, set by training on the validation split (:mod:`skintumor.evaluate.conformal`).
     """
 
     def __init__(
@@ -67,8 +76,11 @@ class SkinTumorClassifier(L.LightningModule):
         channels_last: bool = True,
         tta: str | None = None,
         decision: str = "argmax",
+        calibration: str = "none",
     ):
         super().__init__()
+        if calibration not in CALIBRATIONS:
+            raise ConfigError(f"model.calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if decision not in DECISIONS:
             raise ConfigError(f"model.decision must be one of {DECISIONS}, got {decision!r}")
         if tta not in TTA:
@@ -96,11 +108,13 @@ class SkinTumorClassifier(L.LightningModule):
                 channels_last=channels_last,
                 tta=tta,
                 decision=decision,
+                calibration=calibration,
             )
         )
         self.classes = list(classes)
         self.model = AttentionGatedResNet18(**net)
-        self.register_buffer("decision_offsets", torch.zeros(len(classes)))  # added to log-probabilities
+        for name, value in default_buffers(len(classes)).items():  # class offsets, temperature, conformal thresholds
+            self.register_buffer(name, value)
         self.criterion = FocalLoss(loss["gamma"], loss["alpha"], loss["label_smoothing"])
         self.mask_weight = float(loss["mask_weight"])
         if self.mask_weight > 0 and not self.model.attention:
@@ -131,7 +145,7 @@ class SkinTumorClassifier(L.LightningModule):
         """
         if logits is None:
             logits = self.model(x)
-        return tta_probabilities(self.model, logits, x, self.hparams.tta == "hflip")
+        return tta_probabilities(self.model, logits, x, self.hparams.tta == "hflip", self.temperature)
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """(B, C) probabilities -> (B, C) with the class offsets added to their logarithms (argmax = decision)."""
@@ -168,9 +182,58 @@ class SkinTumorClassifier(L.LightningModule):
         self.decision_offsets.copy_(torch.as_tensor(offsets, dtype=self.decision_offsets.dtype))
         return offsets
 
+    @torch.no_grad()
+    def fit_temperature(self, loader, max_iter: int = 100) -> float:
+        """Set ``temperature`` to the T that minimises the negative log-likelihood of :meth:`score_proba`
+        on ``loader`` (the inner validation split) and return it. The network runs once (twice with
+        hflip TTA); T is then fitted on the kept logits (L-BFGS on log T), within [0.05, 20]."""
+        was_training, device = self.training, self.temperature.device
+        self.eval()
+        hflip = self.hparams.tta == "hflip"
+        views, ys = [], []
+        for x, y, *_ in loader:
+            x = self._memory_format(x.to(device))
+            logits = [self.model(x).float()] + ([self.model(torch.flip(x, dims=[-1])).float()] if hflip else [])
+            views.append(torch.stack(logits))
+            ys.append(y.to(device))
+        self.train(was_training)
+        logits, y = torch.cat(views, dim=1), torch.cat(ys)
+        log_t = torch.zeros((), device=device, requires_grad=True)
+
+        def nll() -> torch.Tensor:
+            probs = torch.softmax(logits / log_t.exp(), dim=-1).mean(0)  # TTA: mean over the views
+            return -probs[torch.arange(len(y)), y].clamp(min=1e-12).log().mean()
+
+        optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimiser.zero_grad()
+            loss = nll()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimiser.step(closure)
+        fitted = float(log_t.detach().exp())  # bounded: a validation split it separates perfectly wants T -> 0
+        self.temperature.fill_(min(max(fitted, 0.05), 20.0) if math.isfinite(fitted) else 1.0)
+        return float(self.temperature)
+
+    @torch.no_grad()
+    def predict_rows(self, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows (N,), labels (N,), decided probabilities and scores (N, C) of a loader of ``(x, y, row, ...)``
+        items, in eval mode: what ``predictions_*.csv`` holds (:meth:`predict_proba`, :meth:`score_proba`)."""
+        was_training, device = self.training, self.decision_offsets.device
+        self.eval()
+        parts = []
+        for x, y, rows, *_ in loader:
+            scores = self.score_proba(self._memory_format(x.to(device)))
+            parts.append((rows.numpy(), y.numpy(), self.decide(scores).cpu().numpy(), scores.cpu().numpy()))
+        self.train(was_training)
+        return tuple(np.concatenate(p) for p in zip(*parts))
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # checkpoints written before `decision` existed have no offsets: plain argmax
-        checkpoint["state_dict"].setdefault("decision_offsets", torch.zeros(len(self.classes)))
+        # checkpoints written before `decision` / `calibration` existed: plain argmax, T = 1, no sets
+        fill_default_buffers(checkpoint["state_dict"], len(self.classes))
 
     def training_step(self, batch, batch_idx):
         x, y, _ = batch[:3]
@@ -293,24 +356,46 @@ class DecisionPath(nn.Module):
         self.net = classifier.model
         self.tta = classifier.hparams.tta == "hflip"
         self.register_buffer("offsets", classifier.decision_offsets.detach().clone().float())
+        self.register_buffer("temperature", classifier.temperature.detach().clone().float())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decide(self.net(x), x)
 
     def decide(self, logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` from the network's logits of ``x`` (B, C), already computed."""
-        scores = tta_probabilities(self.net, logits, x, self.tta)  # self.tta is fixed when the graph is built
+        scores = tta_probabilities(self.net, logits, x, self.tta, self.temperature)  # self.tta: fixed when built
         return with_offsets(scores, self.offsets), scores
 
 
-def tta_probabilities(net: nn.Module, logits: torch.Tensor, x: torch.Tensor, hflip: bool) -> torch.Tensor:
-    """The network's probabilities (B, C) from its logits of ``x`` (B, C); with ``hflip``, the mean
-    with those of the left-right mirror image (one more forward pass)."""
-    probs = torch.softmax(logits.float(), dim=1)
+def tta_probabilities(
+    net: nn.Module, logits: torch.Tensor, x: torch.Tensor, hflip: bool, temperature: torch.Tensor | float = 1.0
+) -> torch.Tensor:
+    """The network's probabilities (B, C) from its logits of ``x`` (B, C) divided by ``temperature``
+    (1: unchanged, bit for bit); with ``hflip``, the mean with those of the left-right mirror image
+    (one more forward pass)."""
+    probs = torch.softmax(logits.float() / temperature, dim=1)
     if hflip:
         mirrored = net(torch.flip(x, dims=[-1]))  # width axis
-        probs = (probs + torch.softmax(mirrored.float(), dim=1)) / 2
+        probs = (probs + torch.softmax(mirrored.float() / temperature, dim=1)) / 2
     return probs
+
+
+def default_buffers(n_classes: int) -> dict[str, torch.Tensor]:
+    """The buffers set after training on the validation split, at their "off" value:
+    ``decision_offsets`` zeros (plain argmax, added to log-probabilities), ``temperature`` 1 (no
+    scaling) and ``conformal_thresholds`` zeros (no sets)."""
+    return {
+        "decision_offsets": torch.zeros(n_classes),
+        "temperature": torch.tensor(1.0),
+        "conformal_thresholds": torch.zeros(N_CONFORMAL),
+    }
+
+
+def fill_default_buffers(state: dict, n_classes: int) -> dict:
+    """A state dict (checkpoint, bundle) written before a buffer existed gets it at its "off" value."""
+    for name, value in default_buffers(n_classes).items():
+        state.setdefault(name, value)
+    return state
 
 
 def with_offsets(probs: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,12 @@
 ``POST /api/predict`` (multipart, one or more files in the field ``files``; ``?cam=false`` skips the
 explanation maps) answers ``{"results": [...]}``, one entry per file in order: ``filename``, ``status``
 ("ok"/"error"), ``code`` (200, or the file's 413/415/422), ``message``, ``pred``, ``probs``,
-``spread`` and ``scores`` (class -> value), ``width``/``height`` of the decoded scan, ``image`` (the scan
-as a PNG data URL, at most 512 px a side) and with maps ``overlay`` (the explanation map in "jet"
-colours as a PNG data URL, the same size), ``overlay_alpha`` and ``overlay_uniform`` (the map has
-no contrast: nothing stands out). The HTTP status is 200 when at least
-one file was predicted, else the first failure's code (with its message as ``detail``).
+``spread`` and ``scores`` (class -> value), ``sets`` (the conformal prediction sets at 90 % and 95 %
+coverage, ``{"set_90": "lipoma or cyst", ...}``, when the bundle has them), ``width``/``height`` of
+the decoded scan, ``image`` (the scan as a PNG data URL, at most 512 px a side) and with maps
+``overlay`` (the explanation map in "jet" colours as a PNG data URL, the same size), ``overlay_alpha``
+and ``overlay_uniform`` (the map has no contrast: nothing stands out). The HTTP status is 200 when at
+least one file was predicted, else the first failure's code (with its message as ``detail``).
 
 Why the map comes as its own picture rather than blended into the scan: the page blends the two on a
 canvas (``alpha * map + (1 - alpha) * scan``, :func:`overlay_image`'s own formula; the map is
@@ -34,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from skintumor.data.pixels import MAX_PIXELS
 from skintumor.data.scan_area import crop_scan_area
 from skintumor.deploy.bundle import load_bundle
 from skintumor.deploy.predict import Input, Prediction, Predictor
@@ -53,7 +55,7 @@ def create_app(
     bundle_path: str | Path,
     token: str | None = None,
     max_upload_mb: float = 25,
-    max_pixels: int = 50_000_000,
+    max_pixels: int = MAX_PIXELS,
     max_files: int = 16,
 ) -> FastAPI:
     """The app for the bundle at ``bundle_path`` (loaded and checked now: a bad bundle raises DataError).
@@ -155,6 +157,8 @@ class Service:
             "height": int(image.shape[0]),
             "image": png_data_url(Image.fromarray(shown)),
         }
+        if prediction.sets:
+            row["sets"] = prediction.sets  # conformal sets: {"set_90": "lipoma or cyst", "set_95": ...}
         if prediction.cam is not None:
             row["overlay"] = png_data_url(overlay_image(shown, prediction.cam, alpha=1.0))
             row["overlay_alpha"] = OVERLAY_ALPHA

@@ -13,7 +13,9 @@ from pathlib import Path
 from rich.console import Console
 
 from skintumor.cli import exit_code
+from skintumor.data.pixels import MAX_PIXELS
 from skintumor.deploy.serve.security import TOKEN_ENV, check_host, is_local
+from skintumor.errors import ConfigError
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -33,13 +35,18 @@ def serve_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-upload-mb", type=float, default=25, help="largest file accepted (default 25)")
     parser.add_argument(
-        "--max-pixels", type=int, default=50_000_000, help="largest image, width x height (default 50,000,000)"
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"largest image, width x height (default and most: {MAX_PIXELS:,}, the data readers' limit)",
     )
     return exit_code(lambda: serve(parser.parse_args(argv)))
 
 
 def serve(args: argparse.Namespace) -> int:
     check_host(args.host, args.token)  # before anything is loaded
+    if not 0 < args.max_pixels <= MAX_PIXELS:
+        raise ConfigError(f"--max-pixels {args.max_pixels}: must be 1..{MAX_PIXELS} (the image readers' limit)")
     import uvicorn
 
     from skintumor.deploy.serve.app import create_app

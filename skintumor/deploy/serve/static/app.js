@@ -275,6 +275,7 @@ function fillResult(card, row) {
   const badge = card.querySelector(".pred");
   badge.className = "badge pred";
   badge.textContent = `Predicted: ${row.pred}`;
+  if (row.sets) badge.title = `Cannot be ruled out: ${row.sets.set_90} (90 % coverage); ${row.sets.set_95} (95 %)`;
 
   const canvas = card.querySelector("canvas");
   const slider = card.querySelector("input[type=range]");
