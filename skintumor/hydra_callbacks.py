@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from skintumor.rundir import failed_since
+from skintumor.rundir import failed_since, keep_aside
 
 
 class CrossValidationReport(Callback):
@@ -47,10 +47,7 @@ class CrossValidationReport(Callback):
         # resolve ${now:...} in sweep_name once, here: Hydra hands this cache to every job, so all folds share
         # one name (their W&B group) even when hydra.sweep.dir is given and never resolves it
         OmegaConf.select(config, "sweep_name")
-        previous = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
-        if previous.is_file():
-            stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(previous.stat().st_mtime))
-            previous.rename(previous.with_name(f"multirun_{stamp}.yaml"))
+        keep_aside(Path(str(config.hydra.sweep.dir)) / "multirun.yaml")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self.write_report(config)

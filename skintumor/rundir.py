@@ -168,18 +168,9 @@ def _differences(a, b, prefix: str = "") -> list[str]:
 
 def check_checkpoint(path: str | Path) -> None:
     """A readable Lightning training checkpoint (tensors and plain data only), or one DataError line."""
-    import torch
+    from skintumor.models.module import read_checkpoint  # torch only when a run resumes
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated, not a checkpoint, or a pickle that would run code
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in reason or "Unsupported global" in reason:
-            reason = "it holds Python objects, not only tensors (never loaded: unpickling could run code)"
-        raise DataError(f"{path}: not a readable checkpoint ({reason[:160]})") from None
+    data = read_checkpoint(path)
     missing = [k for k in ("state_dict", "epoch", "loops") if not isinstance(data, dict) or k not in data]
     if missing:
         raise DataError(f"{path}: not a Lightning training checkpoint (no {', '.join(missing)})")
@@ -198,10 +189,15 @@ def record_failure(out: Path, err: BaseException) -> str:
 
 def clear_failure(out: Path) -> None:
     """Rename a previous attempt's ``error.txt`` (kept as ``error_<time>.txt``) before a new attempt."""
-    error = out / ERROR_FILE
-    if error.is_file():
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(error.stat().st_mtime))
-        error.rename(out / f"error_{stamp}.txt")
+    keep_aside(out / ERROR_FILE)
+
+
+def keep_aside(path: Path) -> None:
+    """Rename ``path`` (if it exists) to ``<stem>_<its time><suffix>`` beside it, so that writing a new
+    file of its name loses nothing."""
+    if path.is_file():
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(path.stat().st_mtime))
+        path.rename(path.with_name(f"{path.stem}_{stamp}{path.suffix}"))
 
 
 def failed_since(sweep_dir: Path, since: float) -> dict[str, str]:

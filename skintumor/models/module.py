@@ -469,15 +469,25 @@ def drop_retired_settings(hp: dict, source: Path) -> dict:
     return hp
 
 
-def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTumorClassifier:
-    """Rebuild a trained classifier from a checkpoint; reads tensors and plain data only."""
+def read_checkpoint(checkpoint: str | Path, map_location: str = "cpu"):
+    """A checkpoint's contents, tensors and plain data only (a pickle that would run code is never loaded);
+    a missing, truncated or foreign file is one DataError line."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: checkpoint not found")
     try:
-        data = torch.load(checkpoint, map_location=map_location, weights_only=True)
+        return torch.load(checkpoint, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, not a torch file, or one that needs unpickling arbitrary objects
-        raise DataError(f"{checkpoint}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in reason or "Unsupported global" in reason:
+            reason = "it holds Python objects, not only tensors (never loaded: unpickling could run code)"
+        raise DataError(f"{checkpoint}: not a readable checkpoint ({reason[:160]})") from None
+
+
+def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTumorClassifier:
+    """Rebuild a trained classifier from a checkpoint; reads tensors and plain data only."""
+    checkpoint = Path(checkpoint)
+    data = read_checkpoint(checkpoint, map_location)
     hp = data.get("hyper_parameters") if isinstance(data, dict) else None
     if not isinstance(hp, dict) or not isinstance(data.get("state_dict"), dict) or "classes" not in hp:
         raise DataError(
