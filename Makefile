@@ -10,7 +10,7 @@ SEARCH_ARGS ?=
 ESTIMATE_SEED ?= 1000
 TRAIN_ARGS  ?=
 
-.PHONY: help install train cv search paper estimate sync test test-slow test-e2e test-cov lint format docs docs-serve clean
+.PHONY: help install train cv search paper estimate difficulty sync test test-slow test-e2e test-cov lint format docs docs-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,15 @@ estimate: $(STAMP)  ## headline BUSI estimate on a partition seed unused in deve
 	done; \
 	$(PY) -m skintumor.report $$dir/recipe $$dir/paper --out $$dir/recipe_vs_paper
 
+difficulty: $(STAMP)  ## is the phantom still hard? histogram baseline, then paper (at 128 px) and recipe, 5 folds each, compared (resumable)
+	$(PY) -m benchmarks.phantom_difficulty --morphology
+	@dir=outputs/difficulty/phantom; \
+	for exp in paper recipe; do \
+	  $(PY) -m skintumor.train -m experiment=$$exp data.image_size=128 data.fold=$(FOLDS) \
+	    sweep_name=difficulty_$$exp hydra.sweep.dir=$$dir/$$exp $(ARGS) || exit $$?; \
+	done; \
+	$(PY) -m skintumor.report $$dir/recipe $$dir/paper --out $$dir/recipe_vs_paper
+
 search: $(STAMP)  ## learn an augmentation policy for one outer fold (make search ARGS="data.fold=1")
 	$(PY) -m skintumor.search $(ARGS)
 
@@ -62,7 +71,7 @@ test: $(STAMP)  ## the default test suite (under 5 minutes on 2 CPU cores; the 2
 test-slow: $(STAMP)  ## only the slow tests (real data, more training, several processes)
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-test-e2e:  ## the web page in headless Chromium (installs nothing: needs make install and /usr/bin/chromium, docs/serve.md)
+test-e2e:  ## the web page and report.html in headless Chromium (installs nothing: needs make install and /usr/bin/chromium, docs/serve.md)
 	$(PY) -m pytest -q -m e2e $(ARGS)
 
 test-cov: $(STAMP)  ## the default suite with a coverage report of skintumor/

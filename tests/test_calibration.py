@@ -62,14 +62,18 @@ def test_brier_and_classwise_ece_by_hand_and_under_weights():
         assert weighted[name][0] == pytest.approx(value), name
 
 
-def test_calibration_intervals_contain_the_estimate():
+@pytest.mark.parametrize("sharpness", [1.0, 2.0])  # calibrated (ECE mostly its own bias) and overconfident
+def test_calibration_intervals_contain_the_estimate(sharpness):
     rng = np.random.default_rng(0)
-    y, probs = draw(300, rng, sharpness=2.0)
+    y, probs = draw(300, rng, sharpness=sharpness)
     groups = rng.integers(0, 100, len(y)).astype(str)
     ci = calibration_intervals(y, probs, groups, n_boot=200)
     for entry in ci.values():
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
     assert np.array_equal(bootstrap_weights(groups, 200, 0).shape, (200, 300))
+    if sharpness == 1.0:  # resampling inflates ECE: the plain percentile interval would leave the estimate out
+        samples = weighted_calibration(y, probs, bootstrap_weights(groups, 200, 0))["ece_classwise"]
+        assert np.quantile(samples, 0.025) > ci["ece_classwise"]["value"]
 
 
 # --- temperature scaling -----------------------------------------------------------------------
@@ -247,6 +251,10 @@ def test_report_gives_calibration_and_conformal_coverage(tmp_path):
         assert set(targets) == {"0.9", "0.95"}
         for target, entry in targets.items():
             assert entry["coverage"] >= float(target) - 0.06 and 1 <= entry["mean_size"] <= 3
+            low, high = entry["coverage_ci"]  # group bootstrap over the 450 test images
+            assert low - 1e-9 <= entry["coverage"] <= high + 1e-9 and high - low < 0.15
+            assert high - low > 0.01 or entry["coverage"] == pytest.approx(1.0)  # full sets: nothing to vary
+            assert entry["mean_size_ci"][0] <= entry["mean_size"] <= entry["mean_size_ci"][1]
             assert set(entry["per_class"]) == set(CLASSES) and set(entry["thresholds"]) == {"0", "1", "2"}
         assert targets["0.95"]["mean_size"] >= targets["0.9"]["mean_size"]
     # a model made overconfident (T = 0.5 fitted) is undone "before": less sharp, other calibration
@@ -255,6 +263,8 @@ def test_report_gives_calibration_and_conformal_coverage(tmp_path):
     assert temperature["before"]["brier"]["value"] != pytest.approx(temperature["after"]["brier"]["value"])
     text = (tmp_path / "s" / "report.md").read_text()
     assert "Conformal prediction sets" in text and "Brier score" in text and "ECE (class-wise)" in text
+    lac90 = conformal["methods"]["lac"]["0.9"]
+    assert f"{lac90['coverage']:.3f} [{lac90['coverage_ci'][0]:.3f}, {lac90['coverage_ci'][1]:.3f}]" in text
     assert (tmp_path / "s" / "figures" / "reliability_before_temperature.png").is_file()
 
 

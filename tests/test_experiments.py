@@ -4,7 +4,8 @@
 experiment (:func:`conftest.tiny_overrides`), written by the code before the rejected recipe options
 were removed (commit b1ca081). A change that moves them is a change of the science, not a clean-up.
 The tolerance (1e-4) absorbs float differences between CPU kinds; any real change moves
-probabilities by far more.
+probabilities by far more. The goldens were written with torch's default thread count: a run with
+another (e.g. ``OMP_NUM_THREADS=1``) sums in another order and, after two epochs, can flip a prediction.
 """
 
 from pathlib import Path

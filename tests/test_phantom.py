@@ -158,6 +158,18 @@ def test_findings_follow_each_class_definition():
         assert view.findings["calcification"] == 0 and view.findings["posterior_shadowing"] == 0
 
 
+def test_lesion_size_is_printed_on_screen_only_when_that_confounder_is_on():
+    plans = plan_phantom((3, 3, 3), n_images=9, seed=5)
+    changed = 0
+    for plan in plans:
+        plain = render_view(plan, 96, p_annotated=1.0).image
+        readout = render_view(plan, 96, p_annotated=1.0, caliper_readout=True).image
+        changed += not np.array_equal(plain, readout)
+        # no calipers on screen, nothing to print
+        assert np.array_equal(render_view(plan, 96, 0.0).image, render_view(plan, 96, 0.0, caliper_readout=True).image)
+    assert changed >= 3  # views with calipers show "D1 <width>mm" only with caliper_readout
+
+
 def test_load_source_generates_once_then_reuses_the_cache(tmp_path, monkeypatch):
     options = {k: v for k, v in TINY.items()}
     first = load_source("phantom", root=tmp_path, n_jobs=1, **options)
@@ -170,6 +182,7 @@ def test_load_source_generates_once_then_reuses_the_cache(tmp_path, monkeypatch)
             p_lipoma_hypoechoic=0.2,
             p_small=0.1,
             p_annotated=0.3,
+            caliper_readout=False,
         )
     ]
     assert first.classes == list(CLASSES) and len(first) == 9

@@ -310,14 +310,25 @@ def calibration_intervals(
     y, probs, cluster_ids, n_boot: int = 2000, seed: int = 0, level: float = 0.95, n_bins: int = ECE_BINS
 ) -> dict[str, dict[str, float]]:
     """:func:`calibration_metrics` with cluster-bootstrap percentile intervals (the same replicates as
-    :func:`confidence_intervals` for the same ``cluster_ids`` and ``seed``), entries as there."""
+    :func:`confidence_intervals` for the same ``cluster_ids`` and ``seed``; ECE's re-centred, see
+    :data:`RESAMPLING_BIASED`), entries as there."""
     point = calibration_metrics(y, probs, n_bins)
     samples = weighted_calibration(y, probs, bootstrap_weights(cluster_ids, n_boot, seed), n_bins)
-    return {name: _interval_entry(value, samples[name], level) for name, value in point.items()}
+    return {name: _interval_entry(value, samples[name], level, name) for name, value in point.items()}
 
 
-def _interval_entry(value: float, samples: np.ndarray, level: float) -> dict[str, float]:
+# Binned calibration errors grow when a resample repeats images (fewer distinct images per bin), so their
+# bootstrap distribution sits above the estimate and a plain percentile interval can exclude it.
+RESAMPLING_BIASED = ("ece", "ece_classwise")
+
+
+def _interval_entry(value: float, samples: np.ndarray, level: float, name: str = "") -> dict[str, float]:
+    """Percentile interval; for :data:`RESAMPLING_BIASED` metrics shifted down by the replicates' mean
+    excess over the estimate (the resampling's own bias), floored at 0."""
     low, high = percentile_interval(samples, level)
+    if name in RESAMPLING_BIASED and not np.isnan(low):
+        shift = float(np.nanmean(samples)) - value
+        low, high = max(low - shift, 0.0), high - shift
     return {"value": value, "ci_low": low, "ci_high": high, "undefined": int(np.isnan(samples).sum())}
 
 
@@ -358,19 +369,21 @@ def confidence_intervals(
     n_bins: int = ECE_BINS,
     scores=None,
 ) -> dict[str, dict[str, float]]:
-    """Point estimate and cluster-bootstrap percentile interval for every metric.
+    """Point estimate and cluster-bootstrap percentile interval for every metric (ECE's re-centred on
+    the estimate: :data:`RESAMPLING_BIASED`).
 
     Returns ``{metric: {"value", "ci_low", "ci_high", "undefined"}}``; ``undefined`` counts
     replicates where the metric could not be computed (e.g. a class absent from the resample).
     """
     point = classification_metrics(y, probs, class_names, n_bins, scores)
     samples = bootstrap_metrics(y, probs, cluster_ids, class_names, n_boot, seed, n_bins, scores)
-    return {name: _interval_entry(value, samples[name], level) for name, value in point.items()}
+    return {name: _interval_entry(value, samples[name], level, name) for name, value in point.items()}
 
 
 __all__ = [
     "ECE_BINS",
     "HEADLINE",
+    "RESAMPLING_BIASED",
     "PER_CLASS",
     "metric_names",
     "check_predictions",

@@ -6,7 +6,9 @@ Writing only: the sweep is read by :mod:`skintumor.evaluate.sweep` and its numbe
 document, the terminal table and ``metrics_cv.json``.
 
 A missing or failed fold is named at the top of the report and in the terminal, and every number
-says which folds it covers. Nothing here imports Hydra; :func:`build_report` is notebook-friendly.
+says which folds it covers. The page opens with the cohort and ends with a model card
+(:mod:`skintumor.evaluate.model_card`) before the methods. Nothing here imports Hydra;
+:func:`build_report` is notebook-friendly.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 from skintumor.evaluate import figures
 from skintumor.evaluate.document import Document
 from skintumor.evaluate.metrics import ECE_BINS, HEADLINE, PER_CLASS
-from skintumor.evaluate.summary import LEVELS, evaluate_sweep, level_arrays
+from skintumor.evaluate.model_card import model_card_section, setting
+from skintumor.evaluate.summary import LEVELS, REPORT_FITTED, evaluate_sweep, level_arrays
 from skintumor.evaluate.sweep import Sweep, load_sweep
 
 LABELS = {
@@ -129,11 +132,42 @@ def write_figures(sweep: Sweep, result: dict, out_dir: Path) -> dict[str, str]:
                 figures.reliability_figure(
                     bins,
                     result["temperature"][when]["ece"]["value"],
-                    f"Raw probabilities {when} temperature scaling",
+                    f"Raw probabilities {when} temperature scaling"
+                    + (" (post hoc)" if result["temperature"].get("source") == REPORT_FITTED else ""),
                 ),
                 fig_dir / f"reliability_{when}_temperature.png",
             )
     return {k: v.relative_to(out_dir).as_posix() for k, v in made.items()}
+
+
+def cohort_section(doc: Document, sweep: Sweep, result: dict) -> None:
+    """Images, patients and groups per class (:func:`~skintumor.evaluate.summary.cohort_table`) and, from
+    the first fold's configuration, where the images come from."""
+    doc.heading("Cohort")
+    cohort = result["cohort"]
+    if sweep.missing:
+        doc.text(
+            f"The test sets of the tested folds only ({sweep.coverage()}): the missing folds' images are not counted."
+        )
+    else:
+        doc.text("Every image is tested once across the folds, so the pooled test sets are the whole cohort.")
+    source, root, size = (setting(sweep.config, f"data.{k}") for k in ("source", "root", "image_size"))
+    if source or root or size:
+        where = ", ".join(([f"source `{source}`"] if source else []) + ([f"root `{root}`"] if root is not None else []))
+        doc.text(
+            ("Data: " + where if where else "Images")
+            + (f"; images resized to {size} x {size} px" if size else "")
+            + " (first fold's configuration)."
+        )
+    rows = [
+        [name, str(c["images"]), str(c["patients"]), str(c["groups"]), f"{100 * c['share']:.1f} %"]
+        for name, c in [*cohort["per_class"].items(), ("total", cohort["total"])]
+    ]
+    doc.table(["class", "images", "patients", "duplicate-aware groups", "share of images"], rows)
+    doc.text(
+        "Groups (`group_id`): a patient merged with near-duplicate images of other patients; folds never split "
+        "one. A patient or group with images of two classes counts in both rows, once in the total."
+    )
 
 
 def calibration_section(doc: Document, result: dict) -> None:
@@ -155,7 +189,16 @@ def calibration_section(doc: Document, result: dict) -> None:
     temperature = result.get("temperature")
     if temperature:
         per_fold = ", ".join(f"fold {k}: {fmt(t, 2)}" for k, t in temperature["per_fold"].items())
-        doc.text(f"Temperature fitted on each fold's validation split ({per_fold}). Raw probabilities, images:")
+        if temperature["source"] == REPORT_FITTED:
+            how = (
+                "The runs used no temperature; one temperature T per fold, "
+                f"{temperature['source']} (`predictions_val.csv`, never the test fold: lowest negative "
+                f"log-likelihood of softmax(log(p) / T)), applied to that fold's test probabilities ({per_fold}). "
+                "Post hoc: the runs' own probabilities are the ones before, and the rest of the report uses them."
+            )
+        else:
+            how = f"Temperature {temperature['source']} ({per_fold})."
+        doc.text(how + " T > 1: the network was overconfident; T < 1: underconfident. Raw probabilities, images:")
         doc.table(
             ["metric", "before temperature [95% CI]", "after [95% CI]"],
             [
@@ -178,7 +221,9 @@ def calibration_section(doc: Document, result: dict) -> None:
         "but is conservative with few classes."
     )
     classes = result["classes"]
-    header = ["method", "target", "coverage", "mean size"] + [f"{c}: coverage / size" for c in classes]
+    header = ["method", "target", "coverage [95% CI]", "mean size [95% CI]"] + [
+        f"{c}: coverage / size" for c in classes
+    ]
     rows = []
     for method, targets in conformal["methods"].items():
         for target, entry in targets.items():
@@ -186,7 +231,9 @@ def calibration_section(doc: Document, result: dict) -> None:
                 f"{fmt(entry['per_class'][c]['coverage'])} / {fmt(entry['per_class'][c]['mean_size'], 2)}"
                 for c in classes
             ]
-            rows.append([method.upper(), target, fmt(entry["coverage"]), fmt(entry["mean_size"], 2)] + per_class)
+            coverage = f"{fmt(entry['coverage'])} [{', '.join(fmt(x) for x in entry['coverage_ci'])}]"
+            size = f"{fmt(entry['mean_size'], 2)} [{', '.join(fmt(x, 2) for x in entry['mean_size_ci'])}]"
+            rows.append([method.upper(), target, coverage, size] + per_class)
     doc.table(header, rows)
 
 
@@ -218,6 +265,7 @@ def report_document(
         doc.warning(warning)
     for note in sweep.notes:
         doc.text(f"Note: {note}")
+    cohort_section(doc, sweep, result)
 
     doc.heading("Main results")
     doc.text(
@@ -260,7 +308,8 @@ def report_document(
         if f"reliability_{when}_temperature" in figure_paths:
             doc.figure(
                 figure_paths[f"reliability_{when}_temperature"],
-                f"Reliability diagram of the raw probabilities {when} temperature scaling, image level",
+                f"Reliability diagram of the raw probabilities {when} temperature scaling, image level "
+                f"(temperature {result['temperature']['source']})",
             )
 
     if sweep.explain:
@@ -269,6 +318,10 @@ def report_document(
     for section in sections:
         doc.heading(section.title, 3 if sweep.explain else 2)
         doc.blocks += section.blocks
+
+    card = model_card_section(sweep.config, result, classes)
+    doc.heading(card.title)
+    doc.blocks += card.blocks
 
     doc.heading("How the numbers are computed")
     mixed = result["patient"]["mixed_label_patients"]
@@ -281,6 +334,15 @@ def report_document(
             f"ECE: top-label, {result['ece_bins']} equal-width confidence bins on [0, 1], weighted by bin size; "
             "class-wise ECE: the mean over classes of the ECE of each class's probability (its own bins). "
             "Brier score: mean over images of the squared distance between the probabilities and the one-hot label.",
+            *(
+                [
+                    "Temperature fitted by the report (the runs fitted none): per fold, the T in [0.05, 20] that "
+                    "minimises the negative log-likelihood of softmax(log(p) / T) on the fold's validation "
+                    "predictions (bounded search on log T), then applied to its test probabilities."
+                ]
+                if (result.get("temperature") or {}).get("source") == REPORT_FITTED
+                else []
+            ),
             "Conformal sets: for each fold, the threshold is the conformal quantile of the true classes' "
             "nonconformity scores on its validation split (LAC: 1 - p; APS: mass of the classes at least as likely); "
             "the guarantee is marginal (over images), not per class or patient.",
@@ -288,7 +350,9 @@ def report_document(
             "A patient with images of different classes counts once per class (each averaging only that class's "
             f"images); {len(mixed)} such patient(s) here.",
             "Bootstrap: resamples groups (`group_id`: a patient merged with near-duplicate images of other "
-            "patients) with replacement, so correlated images never count as independent evidence.",
+            "patients) with replacement, so correlated images never count as independent evidence. ECE intervals "
+            "are shifted down by the replicates' mean excess over the estimate: repeating images in a resample "
+            "inflates a binned calibration error by itself.",
             "Pooled numbers mix the probabilities of k different fold models; the fold mean ± SD shows how much "
             "the models differ. A metric undefined in a fold (e.g. no positives) is left out of that fold's mean "
             "and the count of folds used is in `metrics_cv.json`.",
@@ -353,6 +417,7 @@ def build_report(
 __all__ = [
     "json_safe",
     "write_figures",
+    "cohort_section",
     "calibration_section",
     "report_document",
     "print_summary",

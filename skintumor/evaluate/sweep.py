@@ -8,9 +8,9 @@ before class offsets, are what AUROC ranks) and, when written by Hydra, ``.hydra
 
 :func:`load_sweep` reads and checks every fold (:func:`read_predictions`); a missing or failed
 fold goes to ``Sweep.missing``, not into the numbers. It also gathers what a reader should know
-about the runs: their Hydra overrides, an ensemble's members, folds with fewer predictions than
-test images and folds that overlap. Numbers: :mod:`skintumor.evaluate.summary`; the written
-report: :mod:`skintumor.evaluate.report`.
+about the runs: their Hydra overrides and configuration, an ensemble's members, folds with fewer
+predictions than test images and folds that overlap. Numbers: :mod:`skintumor.evaluate.summary`;
+the written report: :mod:`skintumor.evaluate.report`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class Sweep:
             columns of ``folds``), for the folds whose run wrote them (runs since conformal sets).
         temperatures: fold -> the temperature its run fitted on validation (``metrics_val.json``),
             for the folds trained with ``model.calibration=temperature``.
+        config: the first used fold's configuration as a plain dict (:func:`read_config`); empty when
+            the fold has neither ``.hydra/config.yaml`` nor ``run.yaml``.
     """
 
     directory: Path
@@ -66,6 +68,7 @@ class Sweep:
     members: dict[str, list[str]] = field(default_factory=dict)
     validation: dict[int, pd.DataFrame] = field(default_factory=dict)
     temperatures: dict[int, float] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -243,8 +246,24 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep.explain = {k: f"{fold_dirs[k].name}/explain/" for k in sorted(folds) if (fold_dirs[k] / "explain").is_dir()}
     sweep.members = _ensemble_members(sweep_dir, min(folds))
     sweep.overrides = [] if sweep.members else _overrides(fold_dirs[min(folds)])
+    sweep.config = read_config(fold_dirs[min(folds)])
     _read_validation(sweep, fold_dirs)
     return sweep
+
+
+def read_config(run_dir: Path) -> dict:
+    """A run's configuration as a plain dict: Hydra's ``.hydra/config.yaml`` (every group, but with
+    ``${...}`` interpolations unresolved) with ``run.yaml`` laid over it (the resolved settings the run
+    started with: data, augment, model, seed, test_checkpoint); either alone when the other is absent,
+    empty when both are."""
+    return _merged(_read_yaml(run_dir / ".hydra" / "config.yaml"), _read_yaml(run_dir / "run.yaml"))
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _read_validation(sweep: Sweep, fold_dirs: dict[int, Path]) -> None:
@@ -322,4 +341,4 @@ def _overlap_warnings(sweep: Sweep) -> list[str]:
     return notes
 
 
-__all__ = ["PREDICTIONS", "VALIDATION", "Sweep", "load_sweep", "read_predictions"]
+__all__ = ["PREDICTIONS", "VALIDATION", "Sweep", "load_sweep", "read_config", "read_predictions"]

@@ -62,7 +62,7 @@ def gallery_figure(cases: list[Case], cls: str, path: str | Path, method: str = 
         "correct": [c for c in cases if c.label == cls and c.correct][:per_row],
         "wrong": [c for c in cases if c.label == cls and not c.correct][:per_row],
     }
-    fig, axes = plt.subplots(2, per_row, figsize=(1.5 * per_row, 3.5), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(2, per_row, figsize=(1.5 * per_row, 4.0), dpi=110, squeeze=False)
     for r, (kind, chosen) in enumerate(rows.items()):
         for col in range(per_row):
             ax = axes[r, col]

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p-lipoma-hypoechoic", type=float, default=0.2)
     parser.add_argument("--p-small", type=float, default=0.1)
     parser.add_argument("--p-annotated", type=float, default=0.3)
+    parser.add_argument(
+        "--caliper-readout", action="store_true", help="calipers also print the lesion width in mm (a size confounder)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (output is identical for any number)")
     parser.add_argument("--figure", type=Path, help="also write an example grid (PNG) to this path")
     parser.add_argument(
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.image_size,
                 args.seed,
                 p_annotated=args.p_annotated,
+                caliper_readout=args.caliper_readout,
                 n_jobs=args.jobs,
                 **options,
             )
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.figure is not None:
             plans = plan_phantom(args.n_patients, args.n_images, args.seed, **options)
-            examples = figure_examples(plans, args.image_size, args.p_annotated, per_class=6)
+            examples = figure_examples(
+                plans, args.image_size, args.p_annotated, per_class=6, readout=args.caliper_readout
+            )
             print(f"figure: {plot_examples(examples, args.figure, per_class=6)}")
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,7 +25,7 @@ from skintumor.data.phantom.rendering import ViewPlan, render_view
 from skintumor.errors import DataError
 
 MAX_VIEWS = 5
-PHANTOM_VERSION = 1  # bump when the images change: it is part of the cache key
+PHANTOM_VERSION = 2  # bump when the images change: it is part of the cache key
 MARKER = "phantom.json"  # marks a folder as phantom output (the CLI only overwrites such folders)
 
 
@@ -99,6 +99,7 @@ def _parameters(
     p_lipoma_hypoechoic,
     p_small,
     p_annotated,
+    caliper_readout,
 ) -> dict:
     return {
         "version": PHANTOM_VERSION,
@@ -111,11 +112,12 @@ def _parameters(
         "p_lipoma_hypoechoic": float(p_lipoma_hypoechoic),
         "p_small": float(p_small),
         "p_annotated": float(p_annotated),
+        "caliper_readout": bool(caliper_readout),
     }
 
 
-def _render_and_write(plan: ViewPlan, out_dir: Path, image_size: int, p_annotated: float) -> dict:
-    view = render_view(plan, image_size, p_annotated)
+def _render_and_write(plan: ViewPlan, out_dir: Path, image_size: int, p_annotated: float, readout: bool) -> dict:
+    view = render_view(plan, image_size, p_annotated, readout)
     path, mask_path = f"images/{plan.name}.png", f"masks/{plan.name}.png"
     Image.fromarray(view.image).save(out_dir / path)
     Image.fromarray(view.mask.astype(np.uint8) * 255).save(out_dir / mask_path)
@@ -147,6 +149,7 @@ def generate_phantom(
     p_lipoma_hypoechoic: float = 0.2,
     p_small: float = 0.1,
     p_annotated: float = 0.3,
+    caliper_readout: bool = False,
     n_jobs: int = 2,
     progress: bool = True,
 ) -> Manifest:
@@ -172,6 +175,7 @@ def generate_phantom(
         p_lipoma_hypoechoic,
         p_small,
         p_annotated,
+        caliper_readout,
     )
     if not 0.0 <= p_annotated <= 1.0:
         raise DataError(f"phantom: p_annotated must be a proportion in [0, 1], got {p_annotated}")
@@ -191,26 +195,26 @@ def generate_phantom(
             (out_dir / name).unlink(missing_ok=True)
     for name in ("images", "masks"):
         (out_dir / name).mkdir(parents=True, exist_ok=True)
-    rows = _run_all(plans, out_dir, int(image_size), float(p_annotated), n_jobs, progress)
+    rows = _run_all(plans, out_dir, int(image_size), float(p_annotated), bool(caliper_readout), n_jobs, progress)
     manifest = Manifest(pd.DataFrame(rows), out_dir, list(CLASSES))
     manifest.to_csv(out_dir / "manifest.csv")
     (out_dir / MARKER).write_text(json.dumps(params, indent=1) + "\n")
     return manifest
 
 
-def _run_all(plans, out_dir, image_size, p_annotated, n_jobs, progress) -> list[dict]:
+def _run_all(plans, out_dir, image_size, p_annotated, readout, n_jobs, progress) -> list[dict]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("phantom"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("render", total=len(plans))
         if n_jobs == 1:
-            results = (_render_and_write(p, out_dir, image_size, p_annotated) for p in plans)
+            results = (_render_and_write(p, out_dir, image_size, p_annotated, readout) for p in plans)
         else:
             from joblib import Parallel, delayed
 
             results = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=8)(
-                delayed(_render_and_write)(p, out_dir, image_size, p_annotated) for p in plans
+                delayed(_render_and_write)(p, out_dir, image_size, p_annotated, readout) for p in plans
             )
         rows = []
         for row in results:  # results arrive in plan order, so the manifest order is fixed
@@ -236,6 +240,7 @@ def phantom_manifest(
     p_lipoma_hypoechoic: float = 0.2,
     p_small: float = 0.1,
     p_annotated: float = 0.3,
+    caliper_readout: bool = False,
     n_jobs: int = 2,
     progress: bool = True,
 ) -> Manifest:
@@ -254,6 +259,7 @@ def phantom_manifest(
         p_lipoma_hypoechoic=p_lipoma_hypoechoic,
         p_small=p_small,
         p_annotated=p_annotated,
+        caliper_readout=caliper_readout,
     )
     root = Path(root).expanduser()
     target = root / phantom_key(**params)

@@ -45,7 +45,9 @@ def plot_examples(images: list[tuple[str, np.ndarray, np.ndarray, str]], path: s
     return path
 
 
-def figure_examples(plans: list[ViewPlan], image_size: int, p_annotated: float, per_class: int) -> list:
+def figure_examples(
+    plans: list[ViewPlan], image_size: int, p_annotated: float, per_class: int, readout: bool = False
+) -> list:
     """Pick views to show: per class, typical ones first, then each atypical variant once."""
     chosen = []
     for label in CLASSES:
@@ -59,7 +61,7 @@ def figure_examples(plans: list[ViewPlan], image_size: int, p_annotated: float, 
         chosen += typical[: per_class - len(extra)] + extra
     out = []
     for p in chosen:
-        view = render_view(p, image_size, p_annotated)
+        view = render_view(p, image_size, p_annotated, readout)
         tags = [p.variant if p.variant != "typical" else "", "small" if p.small else ""]
         caption = " ".join(t for t in [p.name] + tags if t)
         out.append((p.label, view.image, view.mask, caption))

@@ -56,22 +56,23 @@ def draw_lesion(rng: np.random.Generator, anatomy: Anatomy, label: str, variant:
     """The patient's lesion in ``anatomy``, drawn from ``rng`` (the patient's generator, after the anatomy)."""
     top_dermis = anatomy.epidermis + anatomy.dermis  # dermis-subcutis junction
     # lesion size and place per class (semi-axes in mm)
+    # sizes and shapes overlap between the classes: neither tells the class alone
     if label == "cyst":
-        a = rng.uniform(2.5, 9.0)
-        b = a * rng.uniform(0.6, 1.0)
+        a = rng.uniform(2.5, 9.5)
+        b = a * rng.uniform(0.55, 1.0)
     elif label == "lipoma":
-        a = rng.uniform(5.0, 16.0)
-        b = a * rng.uniform(0.25, 0.5)
+        a = rng.uniform(4.5, 15.0)
+        b = a * rng.uniform(0.28, 0.6)
     else:
-        a = rng.uniform(2.5, 7.0)
-        b = a * rng.uniform(0.7, 1.0)
+        a = rng.uniform(2.5, 7.5)
+        b = a * rng.uniform(0.65, 1.0)
     if small:
         scale = rng.uniform(0.35, 0.55)
         a, b = a * scale, b * scale
     if label == "cyst":
-        z = top_dermis + rng.uniform(-0.5, 1.3) * b
+        z = top_dermis + rng.uniform(-0.5, 1.45) * b
     elif label == "lipoma":
-        z = top_dermis + rng.uniform(0.4, 2.5) + b
+        z = top_dermis + rng.uniform(0.2, 2.5) + b
     else:
         z = top_dermis + rng.uniform(-0.35, 0.35) * b
     z = max(z, anatomy.epidermis + 0.3 + b)  # never through the epidermis
@@ -89,7 +90,7 @@ def draw_lesion(rng: np.random.Generator, anatomy: Anatomy, label: str, variant:
     punctum, rim, edge_shadows = False, False, False
     if label == "cyst":
         typical = variant == "typical"
-        echo = rng.uniform(0.02, 0.08) if typical else rng.uniform(0.12, 0.4)
+        echo = rng.uniform(0.02, 0.08) if typical else rng.uniform(0.15, 0.5)  # ruptured: like a pilomatricoma
         alpha = rng.uniform(0.0, 0.01) if typical else ALPHA_FAT * rng.uniform(0.9, 1.2)
         punctum = bool(rng.random() < 0.4)
         edge_shadows = typical and bool(rng.random() < 0.85)
@@ -109,9 +110,10 @@ def draw_lesion(rng: np.random.Generator, anatomy: Anatomy, label: str, variant:
             ]
         )
     else:
-        echo = anatomy.dermis_echo * rng.uniform(0.8, 2.2)
+        # without calcifications it is often darker and rimless: then it resembles a ruptured cyst
+        echo = anatomy.dermis_echo * (rng.uniform(0.8, 2.2) if variant == "typical" else rng.uniform(0.45, 1.4))
         alpha = ALPHA_FAT * rng.uniform(0.95, 1.15)
-        rim = bool(rng.random() < (0.9 if variant == "typical" else 0.7))
+        rim = bool(rng.random() < (0.9 if variant == "typical" else 0.6))
         if variant == "typical":
             n_foci = rng.integers(4, 15)
             centre = rng.uniform(-0.25, 0.25, 2)

@@ -82,6 +82,7 @@ class View:
     dynamic_range_db: float
     tgc_fraction: float  # share of the expected attenuation the TGC undoes
     noise: float  # electronic noise, relative to dermis echoes
+    psf_scale: float  # point-spread function size (probe frequency and focus)
     annotate_text: bool
     annotate_calipers: bool
 
@@ -109,10 +110,11 @@ def _view_params(plan: ViewPlan, anatomy: Anatomy, lesion: Lesion, p_annotated: 
         slope=np.tan(tilt) * rng.uniform(0.2, 0.6),
         cross_section=cross,
         x_left=-centre,
-        gain_db=rng.uniform(-7, 7),
-        dynamic_range_db=rng.uniform(42, 62),
-        tgc_fraction=rng.uniform(0.5, 0.9),
-        noise=10 ** rng.uniform(-2.6, -1.8),
+        gain_db=rng.uniform(-10, 10),
+        dynamic_range_db=rng.uniform(38, 66),
+        tgc_fraction=rng.uniform(0.35, 1.0),
+        noise=10 ** rng.uniform(-2.6, -1.5),
+        psf_scale=rng.uniform(0.8, 1.3),
         annotate_text=bool(rng.random() < p_annotated),
         annotate_calipers=bool(rng.random() < p_annotated) and half < 0.45 * width,
     )
@@ -198,8 +200,13 @@ def _downsample(array: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.float64)
 
 
-def render_view(plan: ViewPlan, image_size: int = 256, p_annotated: float = 0.3) -> RenderedView:
-    """Form one B-mode image of ``plan``: (image uint8, lesion mask bool, findings true for it)."""
+def render_view(
+    plan: ViewPlan, image_size: int = 256, p_annotated: float = 0.3, caliper_readout: bool = False
+) -> RenderedView:
+    """Form one B-mode image of ``plan``: (image uint8, lesion mask bool, findings true for it).
+
+    ``caliper_readout``: calipers also print the lesion's width in mm, a size confounder a model can read.
+    """
     anatomy, lesion = _patient_scene(plan)
     view = _view_params(plan, anatomy, lesion, p_annotated)
     n = max(int(image_size), BASE_SIZE)
@@ -207,7 +214,11 @@ def render_view(plan: ViewPlan, image_size: int = 256, p_annotated: float = 0.3)
     rng = np.random.default_rng([plan.seed, 3, plan.patient_index, plan.view])
     transmission = round_trip_transmission(maps.alpha, maps.dz)
     envelope = speckle_envelope(
-        maps.echo * transmission, rng, specular=maps.specular * transmission, noise=view.noise, scale=n / BASE_SIZE
+        maps.echo * transmission,
+        rng,
+        specular=maps.specular * transmission,
+        noise=view.noise,
+        scale=view.psf_scale * n / BASE_SIZE,
     )
     depth_mm = np.clip(maps.z, 0, None)[:, None]
     envelope *= time_gain(depth_mm, view.tgc_fraction)  # TGC: undoes only part of it
@@ -215,12 +226,12 @@ def render_view(plan: ViewPlan, image_size: int = 256, p_annotated: float = 0.3)
     image = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
     mask = _downsample(maps.lesion.astype(np.float64), image_size) >= 0.5
     if view.annotate_text or view.annotate_calipers:
-        image = _burn_in(image, mask, view, lesion, rng)
+        image = _burn_in(image, mask, view, rng, caliper_readout)
     return RenderedView(image, mask, _findings(lesion, maps))
 
 
-def _burn_in(image: np.ndarray, mask: np.ndarray, view: View, lesion: Lesion, rng) -> np.ndarray:
-    """Scanner-screen overlays: settings text, depth ticks and calipers across the lesion."""
+def _burn_in(image: np.ndarray, mask: np.ndarray, view: View, rng, caliper_readout: bool) -> np.ndarray:
+    """Scanner-screen overlays: settings text, depth ticks, calipers across the lesion (and their readout)."""
     size = image.shape[0]
     pil = Image.fromarray(image)
     draw = ImageDraw.Draw(pil)
@@ -246,6 +257,7 @@ def _burn_in(image: np.ndarray, mask: np.ndarray, view: View, lesion: Lesion, rn
             draw.line([(cx, y - arm), (cx, y + arm)], fill=white)
         for cx in range(left + 2 * arm, right - arm, 3 * arm):  # dotted measuring line
             draw.point((cx, y), fill=white)
-        width_mm = (right - left) * view.width / size
-        draw.text((size // 2, size - size // 6), f"D1 {width_mm:.1f}mm", fill=white, font=font)
+        if caliper_readout:
+            width_mm = (right - left) * view.width / size
+            draw.text((size // 2, size - size // 6), f"D1 {width_mm:.1f}mm", fill=white, font=font)
     return np.asarray(pil)
