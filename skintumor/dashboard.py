@@ -442,8 +442,8 @@ def _reports(sweep_dir: Path) -> dict[str, Path]:
 def _log_report(run, directory: Path, prefix: str, group: str | None) -> None:
     import wandb
 
+    from skintumor.evaluate.formatting import metric_label
     from skintumor.evaluate.metrics import HEADLINE
-    from skintumor.evaluate.report import metric_label
     from skintumor.evaluate.summary import LEVELS
 
     result = json.loads((directory / "metrics_cv.json").read_text())
@@ -505,8 +505,8 @@ def log_comparison(out_dir: str | Path, sweep_a: str | Path, sweep_b: str | Path
     summary, and comparison.md/.html/.json as a ``comparison`` artifact. Files in ``out_dir/wandb``."""
     import wandb
 
+    from skintumor.evaluate.formatting import metric_label
     from skintumor.evaluate.metrics import HEADLINE
-    from skintumor.evaluate.report import metric_label
     from skintumor.evaluate.summary import LEVELS
 
     out_dir = Path(out_dir)

@@ -168,7 +168,7 @@ def _differences(a, b, prefix: str = "") -> list[str]:
 
 def check_checkpoint(path: str | Path) -> None:
     """A readable Lightning training checkpoint (tensors and plain data only), or one DataError line."""
-    from skintumor.models.module import read_checkpoint  # torch only when a run resumes
+    from skintumor.models.checkpoint import read_checkpoint  # torch only when a run resumes
 
     data = read_checkpoint(path)
     missing = [k for k in ("state_dict", "epoch", "loops") if not isinstance(data, dict) or k not in data]

@@ -26,7 +26,8 @@ from skintumor.evaluate.metrics import (
 )
 from skintumor.evaluate.report import build_report
 from skintumor.evaluate.summary import untempered
-from skintumor.models.module import N_CONFORMAL, DecisionPath, SkinTumorClassifier, load_classifier
+from skintumor.models.checkpoint import load_classifier
+from skintumor.models.module import N_CONFORMAL, DecisionPath, SkinTumorClassifier
 
 CLASSES = ["cyst", "lipoma", "pilo"]
 

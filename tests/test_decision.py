@@ -10,8 +10,9 @@ import torch
 from skintumor.errors import DataError
 from skintumor.evaluate.finished_run import FinishedRun
 from skintumor.evaluate.metrics import classification_metrics
+from skintumor.models.checkpoint import load_classifier
 from skintumor.models.decision import balanced_accuracy, balanced_offsets, cross_fitted, shift_probabilities
-from skintumor.models.module import SkinTumorClassifier, load_classifier
+from skintumor.models.module import SkinTumorClassifier
 
 from conftest import CLASSES
 

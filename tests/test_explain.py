@@ -293,6 +293,10 @@ def test_explain_with_chosen_methods_still_has_its_random_baseline(tiny_run, tmp
     )
     table = pd.read_csv(out / "agreement.csv")
     assert set(table["method"]) == {"gradcam", "gate3", "random", "centre"}
+    # a gallery of a map not computed would be empty: refused before any work
+    with pytest.raises(SystemExit):
+        explain_main([str(tiny_run), "--methods", "gate3", "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
     rows = pd.DataFrame(json.loads((out / "agreement.json").read_text())["agreement"])
     assert set(rows["method"]) == {"gradcam", "gate3"} and set(rows["baseline"]) == {"random", "centre"}
     assert "| gradcam |" in (out / "agreement.md").read_text()
@@ -351,14 +355,16 @@ def test_explain_config_composes_off_by_default_on_in_the_experiments():
         wrong = compose(config_name="train", overrides=["explain.enabled=true", "explain.methods=[gradcm]"])
     assert default.explain.enabled is False and explain_settings(default) is None
     assert default.explain.road_images == ROAD_IMAGES  # the config and the command line agree
-    for cfg in on.values():
-        assert cfg.explain.enabled is True and explain_settings(cfg) == ExplainSettings()
+    assert explain_settings(on["paper"]) == ExplainSettings()
+    assert explain_settings(on["recipe"]) == ExplainSettings(gallery_method="branch_cam")
     settings = explain_settings(chosen)
     assert settings.methods == ("gradcam", "gate2") and settings.seed == 3 and settings.road_images == ROAD_IMAGES
     with pytest.raises(ConfigError, match="explain.methods: unknown map"):
         explain_settings(wrong)
     with pytest.raises(ConfigError, match="explain.road_image: not a setting"):
         ExplainSettings.from_options({"road_image": 3})
+    with pytest.raises(ConfigError, match="explain.gallery_method=gate2: not among the maps computed"):
+        ExplainSettings.from_options({"methods": ["gradcam"], "gallery_method": "gate2"})
 
 
 def test_training_explains_and_the_sweep_report_pools_the_folds(tiny_run, tmp_path):

@@ -33,7 +33,7 @@ def test_reopened_run_reproduces_its_test_predictions(tiny_run):
 
 
 def test_the_other_checkpoint_opens_on_request(tiny_run):
-    from skintumor.models.module import load_classifier
+    from skintumor.models.checkpoint import load_classifier
 
     best = FinishedRun.open(tiny_run, "best.ckpt")
     direct = load_classifier(tiny_run / "checkpoints" / "best.ckpt").state_dict()
@@ -61,7 +61,7 @@ def test_a_run_with_a_missing_or_broken_file_names_it(tiny_run, tmp_path):
 def test_a_broken_or_foreign_checkpoint_is_named(tiny_run, tmp_path):
     import torch
 
-    from skintumor.models.module import load_classifier
+    from skintumor.models.checkpoint import load_classifier
 
     good = (tiny_run / "checkpoints" / "last.ckpt").read_bytes()
     truncated = tmp_path / "truncated.ckpt"

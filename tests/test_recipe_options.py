@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from skintumor.data.datamodule import UltrasoundDataModule
-from skintumor.models.module import SkinTumorClassifier, load_classifier
+from skintumor.models.checkpoint import load_classifier
+from skintumor.models.module import SkinTumorClassifier
 
 from conftest import CLASSES, REPO
 

@@ -244,6 +244,23 @@ def test_model_card_reads_the_first_folds_config(tmp_path):
     table = tripod[tripod.index("<table>") : tripod.index("</table>")]
     assert 10 <= table.count("<tr>") - 1 <= 14  # rows after the header
     assert table.count("not in this report") == 3 and "External validation" in table
+    assert "class='num'" not in table  # a text table reads left-aligned
+    summary = page[page.index("<h2>Main results</h2>") :]
+    summary = summary[summary.index("<table>") : summary.index("</table>")]
+    assert summary.count("<th class='num'>") == 4 and "<th>metric</th>" in summary
+
+
+def test_tables_right_align_numbers_and_left_align_text():
+    from skintumor.evaluate.document import Document, numeric_columns
+
+    rows = [
+        ["AUROC", "0.905 [0.880, 0.927]", "+0.046", "<0.001", "**yes**", "n/a"],
+        ["ECE", "0.049", "-0.067", "0.005", "no", ""],
+    ]
+    assert numeric_columns(rows, 6) == [False, True, True, True, False, True]
+    doc = Document("t")
+    doc.table(["metric", "value", "diff", "p", "significant", "note"], rows)
+    assert "|---|---:|---:|---:|---|---:|" in doc.to_markdown()
 
 
 def test_model_card_survives_missing_and_odd_config(tmp_path):

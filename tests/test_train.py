@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from skintumor.evaluate.finished_run import FinishedRun
-from skintumor.models.module import load_classifier
+from skintumor.models.checkpoint import load_classifier
 
 from conftest import CLASSES, REPO, run_train, tiny_overrides
 

@@ -28,6 +28,7 @@ from scipy.stats import binomtest
 
 from skintumor.errors import DataError
 from skintumor.evaluate.document import Document
+from skintumor.evaluate.formatting import fmt, interval_text, json_safe, mean_sd_text, metric_label
 from skintumor.evaluate.metrics import (
     ECE_BINS,
     HEADLINE,
@@ -36,7 +37,6 @@ from skintumor.evaluate.metrics import (
     percentile_interval,
     weighted_metrics,
 )
-from skintumor.evaluate.report import fmt, interval_text, json_safe, mean_sd_text, metric_label
 from skintumor.evaluate.summary import LEVELS, level_arrays, mean_sd, point_metrics
 from skintumor.evaluate.sweep import Sweep, load_sweep
 

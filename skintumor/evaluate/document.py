@@ -17,8 +17,8 @@ _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
        margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+th.num, td.num { text-align: right; }
 th { background: #f2f2f2; }
 code { background: #f4f4f4; padding: 0 3px; }
 img { max-width: 100%; border: 1px solid #eee; }
@@ -72,7 +72,8 @@ class Document:
             elif kind == "table":
                 header, rows = block[1], block[2]
                 lines.append("| " + " | ".join(header) + " |")
-                lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+                rules = ["---:" if num else "---" for num in numeric_columns(rows, len(header))]
+                lines.append("|" + "|".join(rules) + "|")
                 lines += ["| " + " | ".join(r) + " |" for r in rows]
                 lines.append("")
             elif kind == "figure":
@@ -98,8 +99,11 @@ class Document:
             elif kind == "bullets":
                 parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block[1]) + "</ul>")
             elif kind == "table":
-                head = "".join(f"<th>{_inline(h)}</th>" for h in block[1])
-                body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in block[2])
+                cls = [" class='num'" if num else "" for num in numeric_columns(block[2], len(block[1]))]
+                head = "".join(f"<th{c}>{_inline(h)}</th>" for c, h in zip(cls, block[1]))
+                body = "".join(
+                    "<tr>" + "".join(f"<td{c}>{_inline(v)}</td>" for c, v in zip(cls, r)) + "</tr>" for r in block[2]
+                )
                 parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             elif kind == "figure":
                 data = base64.b64encode((base_dir / block[1]).read_bytes()).decode("ascii")
@@ -119,6 +123,20 @@ class Document:
         return md, page
 
 
+_NUMBER = re.compile(r"^(\*\*)?[+\-−<>~]?\s*(\d|\.\d|n/a$)")
+
+
+def numeric_columns(rows: list[list[str]], n_columns: int) -> list[bool]:
+    """Per column: True when every non-empty cell starts with a number (``0.859 [0.828, 0.886]``,
+    ``+0.046``, ``<0.001``, ``n/a``), so it is right-aligned; text columns (and the first, the row
+    names) stay left-aligned."""
+    numeric = [False]
+    for j in range(1, n_columns):
+        cells = [r[j].strip() for r in rows if j < len(r) and r[j].strip()]
+        numeric.append(bool(cells) and all(_NUMBER.match(c) for c in cells))
+    return numeric
+
+
 def _inline(text: str) -> str:
     """Escape HTML, then render `code`, **bold** and `[label](href)`."""
     out = html.escape(str(text), quote=False)
@@ -127,4 +145,4 @@ def _inline(text: str) -> str:
     return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", out)
 
 
-__all__ = ["Document"]
+__all__ = ["Document", "numeric_columns"]

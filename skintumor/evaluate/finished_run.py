@@ -24,7 +24,8 @@ from skintumor.data.check import decode_manifest
 from skintumor.data.datamodule import CachedImageDataset, decode_resized, resize_pair
 from skintumor.data.manifest import Manifest
 from skintumor.errors import DataError
-from skintumor.models.module import SkinTumorClassifier, load_classifier
+from skintumor.models.checkpoint import load_classifier
+from skintumor.models.module import SkinTumorClassifier
 
 PARTS = ("train", "val", "test")
 CHECKPOINTS = ("best.ckpt", "last.ckpt")

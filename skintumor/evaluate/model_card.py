@@ -12,9 +12,8 @@ report answers each item that applies to a cross-validation, and which items it 
 
 from __future__ import annotations
 
-import math
-
 from skintumor.evaluate.document import Document
+from skintumor.evaluate.formatting import ci_text
 
 TITLE = "Model card"
 STUDY_CLASSES = "epidermal cyst, lipoma and pilomatricoma"
@@ -30,16 +29,6 @@ def setting(config: dict | None, key: str):
             return None
         value = value[part]
     return None if isinstance(value, str) and "${" in value else value
-
-
-def _ci(entry: dict | None) -> str:
-    """``value [low, high]`` of a pooled entry; ``n/a`` for what is missing or NaN."""
-
-    def num(x) -> str:
-        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-    entry = entry or {}
-    return f"{num(entry.get('value'))} [{num(entry.get('ci_low'))}, {num(entry.get('ci_high'))}]"
 
 
 def _lines(*pairs: tuple[object, str]) -> list[str]:
@@ -208,9 +197,9 @@ def evaluation_section(doc: Document, result: dict) -> None:
             + (f"; the temperature in Calibration was {temperature['source']}" if temperature.get("source") else "")
             + ".",
             f"Headline, pooled out-of-fold ({result.get('coverage', 'folds unknown')}), 95 % group-bootstrap "
-            f"intervals: macro AUROC {_ci(image.get('auroc_macro'))} and balanced accuracy "
-            f"{_ci(image.get('bal_acc'))} (images); {_ci(patient.get('auroc_macro'))} and "
-            f"{_ci(patient.get('bal_acc'))} (patients).",
+            f"intervals: macro AUROC {ci_text(image.get('auroc_macro'))} and balanced accuracy "
+            f"{ci_text(image.get('bal_acc'))} (images); {ci_text(patient.get('auroc_macro'))} and "
+            f"{ci_text(patient.get('bal_acc'))} (patients).",
         ]
     )
 

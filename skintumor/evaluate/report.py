@@ -14,7 +14,6 @@ says which folds it covers. The page opens with the cohort and ends with a model
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,64 +21,11 @@ import numpy as np
 
 from skintumor.evaluate import figures
 from skintumor.evaluate.document import Document
+from skintumor.evaluate.formatting import ci_text, fmt, json_safe, mean_sd_text, metric_label
 from skintumor.evaluate.metrics import ECE_BINS, HEADLINE, PER_CLASS
 from skintumor.evaluate.model_card import model_card_section, setting
 from skintumor.evaluate.summary import LEVELS, REPORT_FITTED, evaluate_sweep, level_arrays
 from skintumor.evaluate.sweep import Sweep, load_sweep
-
-LABELS = {
-    "acc": "accuracy",
-    "bal_acc": "balanced accuracy",
-    "auroc_macro": "AUROC (macro)",
-    "f1_macro": "F1 (macro)",
-    "sens_macro": "sensitivity (macro)",
-    "spec_macro": "specificity (macro)",
-    "prec_macro": "precision (macro)",
-    "ece": "ECE (top-label)",
-    "ece_classwise": "ECE (class-wise)",
-    "brier": "Brier score",
-    "sens": "sensitivity",
-    "spec": "specificity",
-    "prec": "precision",
-    "f1": "F1",
-    "auroc": "AUROC",
-    "acc_ovr": "accuracy (one-vs-rest)",
-}
-
-
-def metric_label(name: str, classes: list[str]) -> str:
-    """Readable name of a metric key, e.g. ``sens_lipoma`` -> ``lipoma: sensitivity``."""
-    if name in LABELS:
-        return LABELS[name]
-    for c in classes:
-        for m in PER_CLASS:
-            if name == f"{m}_{c}":
-                return f"{c}: {LABELS['acc_ovr' if m == 'acc' else m]}"
-    return name
-
-
-def fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def mean_sd_text(entry: dict, always_sd: bool = False) -> str:
-    """``mean ± SD`` of a :func:`~skintumor.evaluate.summary.mean_sd` entry; when the SD is undefined
-    (the metric defined in fewer than two folds) the mean alone, or ``mean ± n/a`` with ``always_sd``
-    (the comparison tables)."""
-    text = fmt(entry["mean"])
-    if always_sd or not math.isnan(entry["sd"]):
-        text += f" ± {fmt(entry['sd'])}"
-    return text
-
-
-def interval_text(entry: dict) -> str:
-    """``[ci_low, ci_high]`` of an entry with those keys."""
-    return f"[{fmt(entry['ci_low'])}, {fmt(entry['ci_high'])}]"
-
-
-def ci_text(entry: dict) -> str:
-    """``value [ci_low, ci_high]`` of a pooled entry (see :func:`~skintumor.evaluate.metrics.confidence_intervals`)."""
-    return f"{fmt(entry['value'])} {interval_text(entry)}"
 
 
 def summary_rows(result: dict, names: list[str]) -> list[list[str]]:
@@ -382,17 +328,6 @@ def print_summary(result: dict, console=None, title: str | None = None) -> None:
         console.print(table)
 
 
-def json_safe(value):
-    """NaN -> None (JSON has no NaN), tuple -> list, keys -> str; recursively."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def build_report(
     sweep_dir: str | Path,
     n_boot: int = 2000,
@@ -415,17 +350,11 @@ def build_report(
 
 
 __all__ = [
-    "json_safe",
     "write_figures",
     "cohort_section",
     "calibration_section",
     "report_document",
     "print_summary",
     "build_report",
-    "metric_label",
-    "fmt",
-    "mean_sd_text",
-    "interval_text",
-    "ci_text",
     "summary_rows",
 ]

@@ -199,11 +199,9 @@ def tempered(scores: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def untempered(scores: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities softmax(z / T) (N, C) -> softmax(z), undoing a temperature T. Exact for a plain
-    softmax; with hflip TTA (a mean of two softmaxes) an approximation."""
-    logits = temperature * np.log(np.clip(scores, 1e-12, None))
-    logits -= logits.max(1, keepdims=True)
-    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    """Probabilities softmax(z / T) (N, C) -> softmax(z), undoing a temperature T: ``tempered`` with
+    1 / T. Exact for a plain softmax; with hflip TTA (a mean of two softmaxes) an approximation."""
+    return tempered(scores, 1.0 / temperature)
 
 
 def report_temperatures(sweep: Sweep) -> dict[int, float]:

@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    if settings.gallery_method not in settings.methods:
+        parser.error(f"--gallery-method {settings.gallery_method}: not among --methods ({', '.join(settings.methods)})")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     console = Console(stderr=True, soft_wrap=True)

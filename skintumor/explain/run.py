@@ -89,6 +89,11 @@ class ExplainSettings:
             raise ConfigError(f"explain.methods: unknown map(s) {', '.join(bad)} (known: {', '.join(METHODS)})")
         if settings.target not in ("pred", "true"):
             raise ConfigError(f"explain.target={settings.target}: must be pred or true")
+        if settings.gallery_method not in settings.methods:
+            raise ConfigError(
+                f"explain.gallery_method={settings.gallery_method}: not among the maps computed "
+                f"({', '.join(settings.methods)})"
+            )
         return settings
 
 

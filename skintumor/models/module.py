@@ -1,14 +1,14 @@
 """The LightningModule: model + focal loss + optimiser/schedule + torchmetrics.
 
 Everything it is built from is plain data (dicts, lists, numbers), saved as hyper-parameters, so a
-checkpoint rebuilds the model without unpickling arbitrary objects (:func:`load_classifier`).
+checkpoint rebuilds the model without unpickling arbitrary objects
+(:func:`skintumor.models.checkpoint.load_classifier`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -16,11 +16,12 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from skintumor.errors import ConfigError, DataError
+from skintumor.errors import ConfigError
 from skintumor.models.attention_resnet import AttentionGatedResNet18, ModelOutput
 from skintumor.models.decision import balanced_offsets
 from skintumor.models.losses import FocalLoss, gate_mask_loss, inverse_frequency_alpha, lesion_mask_loss
 from skintumor.models.metrics import stage_metrics, summarise
+from skintumor.models.optim import build_optimizer, build_scheduler
 
 STAGES = ("train", "val", "test")
 TTA = (None, "hflip")
@@ -401,111 +402,3 @@ def fill_default_buffers(state: dict, n_classes: int) -> dict:
 def with_offsets(probs: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """(B, C) probabilities with the class ``offsets`` (C,) added to their logarithms, renormalised."""
     return torch.softmax(probs.clamp(min=1e-12).log() + offsets, dim=1)
-
-
-def build_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """adam (the study's) or adamw (decoupled weight decay; the recipe's)."""
-    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if name not in optimizers:
-        raise ConfigError(f"unknown optimizer {name!r} ({', '.join(optimizers)})")
-    return optimizers[name](params, lr=lr, weight_decay=weight_decay)
-
-
-def build_scheduler(
-    optimizer,
-    name: str = "step",
-    max_epochs: int = 30,
-    step_size: int = 7,
-    gamma: float = 0.1,
-    warmup_epochs: int = 0,
-    min_lr: float = 0.0,
-):
-    """Per epoch. step: StepLR (the study's). cosine: linear warm-up, then cosine to ``min_lr``. none."""
-    if name in ("none", None):
-        return None
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    if name == "cosine":
-        base = optimizer.param_groups[0]["lr"]
-        floor = min_lr / base if base else 0.0
-
-        def factor(epoch: int) -> float:
-            if epoch < warmup_epochs:
-                return (epoch + 1) / (warmup_epochs + 1)
-            progress = (epoch - warmup_epochs) / max(1, max_epochs - warmup_epochs)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    raise ConfigError(f"unknown scheduler {name!r} (step, cosine, none)")
-
-
-ANY = object()
-RETIRED = {  # (group, key) of options tried and retired: the value that kept each off (ANY: never acted alone)
-    ("net", "aggregation"): "ft",
-    ("net", "normalization"): "sigmoid",
-    ("net", "dropout"): 0.0,
-    ("net", "stem_pool"): True,
-    ("net", "lesion_decoder_stride"): 8,
-    ("net", "lesion_decoder_classes"): False,
-    ("net", "lesion_zoom"): 0,
-    ("net", "lesion_zoom_margin"): ANY,
-    ("loss", "empty_mask"): "skip",
-    ("loss", "aux_weight"): ANY,
-    ("loss", "lesion_class_weight"): ANY,
-    (None, "ema_decay"): None,
-    (None, "mixing"): {"mixup_alpha": 0.0, "cutmix_alpha": 0.0},
-}
-
-
-def drop_retired_settings(hp: dict, source: Path) -> dict:
-    """An older checkpoint's hyper-parameters without the retired options it holds at their "off"
-    value; DataError naming the file and the option when one was on (this version cannot rebuild it)."""
-    hp = {k: dict(v) if isinstance(v, dict) else v for k, v in hp.items()}
-    for (group, key), off in RETIRED.items():
-        part = hp.get(group, {}) if group else hp
-        if key in part and (value := part.pop(key)) != off and off is not ANY:
-            name = f"{group}.{key}" if group else key
-            raise DataError(f"{source}: trained with {name}={value!r}, a retired option this version cannot rebuild")
-    return hp
-
-
-def read_checkpoint(checkpoint: str | Path, map_location: str = "cpu"):
-    """A checkpoint's contents, tensors and plain data only (a pickle that would run code is never loaded);
-    a missing, truncated or foreign file is one DataError line."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise DataError(f"{checkpoint}: checkpoint not found")
-    try:
-        return torch.load(checkpoint, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or one that needs unpickling arbitrary objects
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in reason or "Unsupported global" in reason:
-            reason = "it holds Python objects, not only tensors (never loaded: unpickling could run code)"
-        raise DataError(f"{checkpoint}: not a readable checkpoint ({reason[:160]})") from None
-
-
-def load_classifier(checkpoint: str | Path, map_location: str = "cpu") -> SkinTumorClassifier:
-    """Rebuild a trained classifier from a checkpoint; reads tensors and plain data only."""
-    checkpoint = Path(checkpoint)
-    data = read_checkpoint(checkpoint, map_location)
-    hp = data.get("hyper_parameters") if isinstance(data, dict) else None
-    if not isinstance(hp, dict) or not isinstance(data.get("state_dict"), dict) or "classes" not in hp:
-        raise DataError(
-            f"{checkpoint}: not a skintumor checkpoint (no weights, or no hyper-parameters with class names)"
-        )
-    lacking = [key for key, kind in (("classes", (list, tuple)), ("net", dict)) if not isinstance(hp.get(key), kind)]
-    if lacking:
-        raise DataError(f"{checkpoint}: not a skintumor checkpoint (its hyper-parameters lack {' and '.join(lacking)})")
-    hp = drop_retired_settings(hp, checkpoint)
-    hp["net"] = dict(hp["net"]) | {"pretrained": False, "weights_path": None}  # weights come from the file
-    try:
-        module = SkinTumorClassifier(**hp)
-    except (TypeError, ValueError, KeyError) as err:  # settings this version cannot build the network from
-        raise DataError(f"{checkpoint}: cannot rebuild the classifier from its hyper-parameters ({err})") from None
-    module.on_load_checkpoint(data)
-    try:
-        module.load_state_dict(data["state_dict"])
-    except RuntimeError as err:  # missing, unexpected or mis-shaped weights
-        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
-        raise DataError(f"{checkpoint}: its weights do not fit its network ({detail[:300]})") from None
-    return module.eval()
