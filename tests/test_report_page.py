@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,43 @@ def test_report_fits_a_temperature_on_validation_when_the_runs_did_not(tmp_path)
     on_disk = sorted(p.relative_to(sweep_dir).as_posix() for p in (sweep_dir / "figures").glob("*.png"))
     assert sorted(linked) == on_disk and len(on_disk) == 6  # confusion x2, ROC, reliability, before/after T
     assert page.count("src='data:image/png;base64,") == len(on_disk) and "src='figures/" not in page
+
+
+def test_an_ensemble_of_seeds_is_calibrated_on_its_members_mean_validation(tmp_path):
+    """Members that share the validation images (seeds): their mean validation predictions go with the
+    ensemble, whose report then fits a temperature and conformal sets; members validated on other
+    images leave them out."""
+    from skintumor.evaluate.ensemble import ensemble_sweeps
+
+    a = overconfident_sweep(tmp_path / "a")
+    b = overconfident_sweep(tmp_path / "b")  # the same images; another "seed": its scores moved
+    for csv in b.glob("fold_*/predictions_*.csv"):
+        table = pd.read_csv(csv)
+        cols = [f"p_{c}" for c in CLASSES]
+        table[cols] = 0.7 * table[cols].to_numpy() + 0.1
+        table.to_csv(csv, index=False)
+    out = ensemble_sweeps([a, b], tmp_path / "ens")
+    mean = pd.read_csv(out / "fold_1" / "predictions_val.csv").set_index("path")
+    va, vb = (pd.read_csv(d / "fold_1" / "predictions_val.csv").set_index("path").loc[mean.index] for d in (a, b))
+    cols = [f"p_{c}" for c in CLASSES]
+    np.testing.assert_allclose(mean[cols].to_numpy(), (va[cols].to_numpy() + vb[cols].to_numpy()) / 2, atol=1e-5)
+    result = build_report(out, n_boot=20, console=quiet_console())
+    assert result["temperature"]["source"] == REPORT_FITTED and set(result["temperature"]["per_fold"]) == {
+        "0",
+        "1",
+        "2",
+    }
+    assert result["conformal"]["folds_without_validation"] == []
+    # a member validated on other images: no validation predictions for the ensemble's fold
+    other = tmp_path / "c"
+    shutil.copytree(a, other)
+    table = pd.read_csv(other / "fold_1" / "predictions_val.csv")
+    table["path"] = "other_" + table["path"]
+    table.to_csv(other / "fold_1" / "predictions_val.csv", index=False)
+    mixed = ensemble_sweeps([a, other], tmp_path / "ens2")
+    assert (mixed / "fold_0" / "predictions_val.csv").is_file() and not (
+        mixed / "fold_1" / "predictions_val.csv"
+    ).exists()
 
 
 def test_no_validation_predictions_no_post_hoc_temperature(tmp_path):

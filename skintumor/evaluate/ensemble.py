@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from skintumor.errors import DataError
-from skintumor.evaluate.sweep import PREDICTIONS, Sweep, load_sweep
+from skintumor.evaluate.sweep import PREDICTIONS, VALIDATION, Sweep, load_sweep
 
 CARRIED = ("split.json", "manifest.csv", ".hydra")  # from the first member: folds, manifest, n_folds
 
@@ -28,6 +28,11 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
     ``p_`` (the decision) is the mean of the members' ``p_``, so each member decides with its own
     class offsets; ``score_`` (the ranking) the mean of their ``score_`` (``p_`` for a member
     without offsets), written when it differs from ``p_``.
+
+    Where every member has the fold's inner validation predictions for the same images (members that
+    differ by seed only), their mean is written too (``predictions_val.csv``), so the ensemble's
+    report fits its temperature and calibrates its conformal sets on validation as a single model's
+    does; members validated on different images leave it out.
 
     Only folds present in every member are written. Raises :class:`DataError` if the members'
     classes or test images differ, or ``out_dir`` already exists (nothing is overwritten).
@@ -45,8 +50,6 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
     folds = sorted(set.intersection(*(set(m.folds) for m in members)))
     if not folds:
         raise DataError("the members share no fold with predictions")
-    columns = [f"p_{c}" for c in classes]
-    score_columns = [f"score_{c}" for c in classes]
     for k in folds:
         tables = [_by_path(m, k) for m in members]
         for m, table in zip(members[1:], tables[1:]):
@@ -55,16 +58,12 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
                     f"{m.directory}/fold_{k}: test images differ from {members[0].directory}/fold_{k}; "
                     "ensemble members must share the outer folds (same data.seed and n_folds)"
                 )
-        base = tables[0].copy()
-        for cols in (columns, score_columns):
-            base[cols] = np.mean([t.loc[base.index, cols].to_numpy(float) for t in tables], axis=0)
-        base["pred"] = np.asarray(classes)[base[columns].to_numpy().argmax(1)]
-        scored = not np.allclose(base[columns].to_numpy(float), base[score_columns].to_numpy(float), atol=1e-6)
         fold_dir = out_dir / f"fold_{k}"
         fold_dir.mkdir(parents=True)
-        base.reset_index()[
-            ["path", "patient_id", "group_id", "label", *columns, "pred", *(score_columns if scored else [])]
-        ].to_csv(fold_dir / PREDICTIONS, index=False, float_format="%.6f")
+        _write_mean(tables, classes, fold_dir / PREDICTIONS)
+        validation = [_by_path(m, k, m.validation) for m in members if k in m.validation]
+        if len(validation) == len(members) and all(set(v.index) == set(validation[0].index) for v in validation):
+            _write_mean(validation, classes, fold_dir / VALIDATION)
         source = members[0].directory / f"fold_{k}"
         for name in CARRIED:
             if (source / name).is_dir():
@@ -84,7 +83,22 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _by_path(sweep: Sweep, fold: int):
-    table = sweep.folds[fold]
+def _write_mean(tables: list, classes: list[str], path: Path) -> None:
+    """The mean of the members' ``p_`` and of their ``score_`` per image (rows of the first), ``pred``
+    from the mean ``p_``; ``score_`` columns only where they differ from ``p_``."""
+    columns, score_columns = [f"p_{c}" for c in classes], [f"score_{c}" for c in classes]
+    base = tables[0].copy()
+    for cols in (columns, score_columns):
+        base[cols] = np.mean([t.loc[base.index, cols].to_numpy(float) for t in tables], axis=0)
+    base["pred"] = np.asarray(classes)[base[columns].to_numpy().argmax(1)]
+    scored = not np.allclose(base[columns].to_numpy(float), base[score_columns].to_numpy(float), atol=1e-6)
+    base.reset_index()[
+        ["path", "patient_id", "group_id", "label", *columns, "pred", *(score_columns if scored else [])]
+    ].to_csv(path, index=False, float_format="%.6f")
+
+
+def _by_path(sweep: Sweep, fold: int, tables: dict | None = None):
+    """Fold ``fold``'s predictions (test, or from ``tables``: the validation ones) indexed by path."""
+    table = (sweep.folds if tables is None else tables)[fold]
     columns = [f"{kind}_{c}" for kind in ("p", "score") for c in sweep.classes]
     return table.set_index("path")[["patient_id", "group_id", "label", *columns]]
