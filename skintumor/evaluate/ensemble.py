@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from skintumor.errors import DataError
-from skintumor.evaluate.sweep import PREDICTIONS, VALIDATION, Sweep, load_sweep
+from skintumor.evaluate.sweep import PREDICTIONS, VALIDATION, load_sweep
 
 CARRIED = ("split.json", "manifest.csv", ".hydra")  # from the first member: folds, manifest, n_folds
 
@@ -51,7 +51,7 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
     if not folds:
         raise DataError("the members share no fold with predictions")
     for k in folds:
-        tables = [_by_path(m, k) for m in members]
+        tables = [_by_path(m.folds[k], classes) for m in members]
         for m, table in zip(members[1:], tables[1:]):
             if set(table.index) != set(tables[0].index):
                 raise DataError(
@@ -61,7 +61,7 @@ def ensemble_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path) -> Path:
         fold_dir = out_dir / f"fold_{k}"
         fold_dir.mkdir(parents=True)
         _write_mean(tables, classes, fold_dir / PREDICTIONS)
-        validation = [_by_path(m, k, m.validation) for m in members if k in m.validation]
+        validation = [_by_path(m.validation[k], classes) for m in members if k in m.validation]
         if len(validation) == len(members) and all(set(v.index) == set(validation[0].index) for v in validation):
             _write_mean(validation, classes, fold_dir / VALIDATION)
         source = members[0].directory / f"fold_{k}"
@@ -97,8 +97,7 @@ def _write_mean(tables: list, classes: list[str], path: Path) -> None:
     ].to_csv(path, index=False, float_format="%.6f")
 
 
-def _by_path(sweep: Sweep, fold: int, tables: dict | None = None):
-    """Fold ``fold``'s predictions (test, or from ``tables``: the validation ones) indexed by path."""
-    table = (sweep.folds if tables is None else tables)[fold]
-    columns = [f"{kind}_{c}" for kind in ("p", "score") for c in sweep.classes]
+def _by_path(table, classes: list[str]):
+    """A fold's predictions (test or validation) indexed by path, the columns an ensemble averages."""
+    columns = [f"{kind}_{c}" for kind in ("p", "score") for c in classes]
     return table.set_index("path")[["patient_id", "group_id", "label", *columns]]

@@ -266,17 +266,19 @@ def conformal_sets(
         "folds_without_validation": sorted(set(sweep.folds) - set(used)),
         "methods": {},
     }
+    arrays = {  # fold -> (validation, test) image-level arrays
+        k: tuple(level_arrays(table, sweep.classes, "image") for table in (sweep.validation[k], sweep.folds[k]))
+        for k in used
+    }
     if used:
-        clusters = np.concatenate([level_arrays(sweep.folds[k], sweep.classes, "image")["cluster"] for k in used])
-        weights = bootstrap_weights(clusters, n_boot, seed)
+        weights = bootstrap_weights(np.concatenate([arrays[k][1]["cluster"] for k in used]), n_boot, seed)
         weights = weights / weights.sum(1, keepdims=True)
     for method in methods if used else ():
         out["methods"][method] = {}
         for coverage in coverages:
             sets, ys, thresholds = [], [], {}
             for k in used:
-                val = level_arrays(sweep.validation[k], sweep.classes, "image")
-                test = level_arrays(sweep.folds[k], sweep.classes, "image")
+                val, test = arrays[k]
                 thresholds[str(k)] = calibrate(val["scores"], val["y"], 1 - coverage, method)
                 sets.append(prediction_sets(test["scores"], thresholds[str(k)], method))
                 ys.append(test["y"])

@@ -55,25 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing explain folder's files")
     args = parser.parse_args(argv)
-    settings = ExplainSettings(
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        target=args.target,
-        target_layer=args.target_layer,
-        tolerance=args.tolerance,
-        threshold=args.threshold,
-        road_images=args.road_images,
-        road_percentiles=tuple(int(p) for p in args.road_percentiles.split(",") if p),
-        gallery_method=args.gallery_method,
-        overlays=args.overlays,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        road_workers=args.road_workers,
-    )
-    unknown = [m for m in settings.methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
-    if settings.gallery_method not in settings.methods:
-        parser.error(f"--gallery-method {settings.gallery_method}: not among --methods ({', '.join(settings.methods)})")
+    scalars = ("target", "target_layer", "tolerance", "threshold", "road_images", "gallery_method", "overlays")
+    scalars += ("batch_size", "seed", "road_workers")
+    options = {k: getattr(args, k) for k in scalars}
+    options["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    options["road_percentiles"] = [int(p) for p in args.road_percentiles.split(",") if p]
+    try:  # the checks a config's explain.* gets: unknown maps, a gallery map not computed
+        settings = ExplainSettings.from_options(options)
+    except ConfigError as err:
+        parser.error(str(err))
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     console = Console(stderr=True, soft_wrap=True)
