@@ -29,9 +29,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
-FOLD_RECORD = "skintumor_fold.json"  # <run>/wandb/<this>: what the fold's W&B run was, for the later runs
 RUN_ID = "skintumor_run_id"  # <run>/wandb/<this>: the W&B run id, so that a resumed training run continues it
-THUMBNAIL_PX = 128  # longest side of the misclassified images in the predictions table
 _STARTED: list[Any] = []  # runs this module started: a fold that ended without finishing its run leaves it here
 
 
